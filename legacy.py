@@ -1,0 +1,54 @@
+"""Convert any supported checkpoint into our snapshot pickle, or export its weights only.
+
+Reads NVIDIA stylegan2-ada-pytorch / stylegan3 network pickles (without running their embedded
+code unless --allow-code), NVIDIA TensorFlow StyleGAN2 pickles (no TensorFlow needed), rosinality
+stylegan2-pytorch checkpoints, our snapshots and our weights-only exports.
+
+Examples:
+    # TensorFlow config-f teacher -> our snapshot pickle
+    python legacy.py --source stylegan2-church-config-f.pkl --dest church.pkl
+
+    # rosinality checkpoint -> weights-only file for people who must not unpickle
+    python legacy.py --source 550000.pt --dest teacher.safetensors --weights-only
+"""
+import click
+
+import dnnlib
+from training import checkpoints
+
+
+def load_network_pkl(f, force_fp16=False, allow_code=False):
+    """NVIDIA's ``legacy.load_network_pkl`` call shape: an open binary file -> snapshot EasyDict."""
+    data = checkpoints.load_network_bytes(f.read(), getattr(f, 'name', '<file>'), allow_code=allow_code)
+    return force_fp16_networks(data) if force_fp16 else data
+
+
+def force_fp16_networks(data):
+    """Rebuild G, D, G_ema with fp16 on the 4 highest resolutions and conv_clamp 256 (like NVIDIA's --force-fp16)."""
+    for key in ('G', 'D', 'G_ema'):
+        if data.get(key) is not None:
+            data[key] = checkpoints.rebuild_network(data[key], num_fp16_res=4, conv_clamp=256)
+    return data
+
+
+@click.command()
+@click.option('--source', required=True, metavar='PATH|URL', help='Checkpoint to convert (path or URL; URLs are cached).')
+@click.option('--dest', required=True, metavar='PATH', help='Output: a snapshot .pkl, or with --weights-only a .safetensors/.pt file.')
+@click.option('--weights-only', is_flag=True, help='Write tensors plus a JSON architecture description instead of a pickle.')
+@click.option('--force-fp16', is_flag=True, help='Rebuild the networks with num_fp16_res=4 and conv_clamp=256.')
+@click.option('--allow-code', is_flag=True, help='Run the code embedded in NVIDIA pickles (only for files you trust).')
+@dnnlib.util.exit_on_user_error
+def main(source, dest, weights_only, force_fp16, allow_code):
+    """Convert a StyleGAN2/3 checkpoint (NVIDIA PyTorch or TensorFlow pickle, rosinality, ours) to our format."""
+    data = checkpoints.load_network(source, allow_code=allow_code)
+    if force_fp16:
+        data = force_fp16_networks(data)
+    if weights_only:
+        checkpoints.export_weights(data, dest)
+    else:
+        checkpoints.save_snapshot(dest, dict(data))
+    print(f'Wrote {dest}')
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
