@@ -18,11 +18,27 @@ Examples:
   # weights only (NVIDIA-style) for any other pickle:
   python train.py --outdir=runs --data=ffhq256.zip --cfg=paper256 --resume=path/network-snapshot-000200.pkl
 
+\b
+  # distil a pruned student (prune.py output) with SVS, the paper's recipe (L1 + LPIPS + LD):
+  python train.py --outdir=runs --data=ffhq256.zip --teacher=teacher.pkl --student=runs/dcp70/student.pkl \\
+      --init=svs --svs-fn=sqrt --distill=stylekd --mask=face --face-parser=79999_iter.pth --cfg=paper256 \\
+      --aug=noaug --mirror=1
+\b
+  # one row of the paper's tables; command-line options override the file:
+  python train.py --outdir=runs --config=configs/table1-ffhq256-small-dcp-svs.yaml --data=ffhq256.zip
+
 Run directories are ``<outdir>/<00000>-<desc>`` as in NVIDIA's code. ``--resume latest`` takes its
 options from the run directory's ``training_options.json`` (``--kimg``, ``--snap``, ``--tick``,
 ``--metrics``, ``--gpus``, ``--batch-gpu``, ``--workers``, ``--device``, ``--nobench`` may be
 given to override them) and appends to that directory; ``--outdir`` is then the run directory
 itself, or a parent whose newest resumable run is taken.
+
+Distillation (``--teacher``): the student G is built from ``--student``'s architecture (or is the
+teacher itself) and initialised by ``--init`` (``training/student_init.py``); the teacher's G_ema is a
+frozen extra network; ``--distill`` picks the loss terms (``training/distill.py``): stylekd = L1 +
+LPIPS + LD, cagan = L1 + LPIPS with the teacher's D, gs-sparse = style L1 + VGG features, gs = VGG
+features; D is dense with the teacher's widths, from scratch unless ``--teacher-d``. All of it is
+recorded in ``training_options.json`` (init_fn, extra_networks, loss_kwargs.terms, step_hooks).
 
 Extension (distillation issue): ``build_training_kwargs`` returns the loop's keyword bundle; more
 loss terms go into ``c.loss_kwargs.terms`` (dicts with ``class_name``, constructed by the loop with
@@ -39,8 +55,10 @@ import click
 import torch
 
 import dnnlib
+import svs
 from torch_utils import training_stats
 from training import presets
+from training import student_init
 from training import training_loop
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +355,165 @@ def launch_training(c, run_dir, dry_run=False, new_run=True):
                 raise dnnlib.util.UserError('training stopped: a process raised an exception (traceback above)')
 
 # ---------------------------------------------------------------------------------------------
+# Distillation: teacher, student, initialisation, loss terms, ablation hooks.
+
+DISTILL_RECIPES = ('none', 'stylekd', 'cagan', 'gs-sparse', 'gs')
+RECIPE_TERMS = {'none': (), 'stylekd': ('l1', 'lpips', 'ld'), 'cagan': ('l1', 'lpips'), 'gs-sparse': ('vgg', 'sparse'),
+                'gs': ('vgg',)}
+DISTILL_DEFAULTS = dict(init='pruned', svs_fn='sqrt', l1_weight=3.0, lpips_weight=3.0, ld_weight=30.0, ld_offset=5.0,
+                        sparse_eta=1e-5, vgg_weight=3.0, mask='uniform')
+_TEACHER_ONLY_OPTIONS = ('student', 'init', 'teacher_d', 'distill', 'l1_weight', 'lpips_weight', 'ld_weight', 'ld_offset',
+                         'sparse_eta', 'vgg_weight', 'mask', 'face_parser', 'lpips_vgg', 'lpips_lin')
+
+
+def _check_weight_file(option, path_or_url):
+    try:
+        dnnlib.util.open_url(str(path_or_url), return_filename=True, verbose=False, num_attempts=1)
+    except dnnlib.util.UserError as e:
+        raise dnnlib.util.UserError(f'{option}: {e}') from None
+
+
+def add_distillation(c, opts, desc):
+    """Turn the distillation options into the loop's ``G_kwargs``/``D_kwargs``, ``init_fn``,
+    ``extra_networks``, ``loss_kwargs.terms`` and ``step_hooks``; everything is validated here,
+    before training. Returns the run description."""
+    from training import distill
+    from training import lpips as lpips_mod
+    o = dnnlib.EasyDict({k: opts.get(k) for k in ('teacher', 'student', 'init', 'svs_fn', 'teacher_d', 'distill',
+                                                  'l1_weight', 'lpips_weight', 'ld_weight', 'ld_offset', 'sparse_eta',
+                                                  'vgg_weight', 'mask', 'face_parser', 'lpips_vgg', 'lpips_lin',
+                                                  'spectral_norm', 'svs_every', 'cbase', 'cmax', 'fp32')})
+    for key, value in DISTILL_DEFAULTS.items():
+        if o[key] is None:
+            o[key] = value
+    svs_fn = svs.parse_fn(o.svs_fn)[0]
+    hooks = []
+    if o.spectral_norm:
+        hooks.append(dict(class_name='training.student_init.SpectralNormHook'))
+    if o.svs_every is not None:
+        hooks.append(dict(class_name='training.student_init.PeriodicSVSHook', every_kimg=o.svs_every, fn=svs_fn))
+    if hooks:
+        c.step_hooks = hooks
+
+    if o.teacher is None:
+        given = [k for k in _TEACHER_ONLY_OPTIONS if opts.get(k) is not None and not (k == 'distill' and opts[k] == 'none')]
+        if given:
+            raise dnnlib.util.UserError(f'--{given[0].replace("_", "-")}: needs --teacher')
+        if o.spectral_norm:
+            c.init_fn = dict(func_name='training.student_init.spectral_normalize_init')
+        return desc
+
+    recipe = o.distill if o.distill is not None else 'stylekd'
+    terms = RECIPE_TERMS[recipe]
+    teacher_d = o.teacher_d if o.teacher_d is not None else (recipe == 'cagan')
+
+    # Teacher and student: shapes first, so that a wrong file fails before anything heavy.
+    teacher_data = student_init.load_generators(o.teacher, '--teacher')
+    teacher = teacher_data.G_ema
+    family = distill.generator_family(teacher)
+    res = c.training_set_kwargs.resolution
+    if teacher.img_resolution != res:
+        raise dnnlib.util.UserError(f'--teacher: {teacher.img_resolution}x{teacher.img_resolution} generator, '
+                                    f'the training set is {res}x{res}')
+    if teacher.c_dim != c.G_kwargs.c_dim:
+        raise dnnlib.util.UserError(f'--teacher: c_dim is {teacher.c_dim}, the training set gives {c.G_kwargs.c_dim} '
+                                    f'(use --cond=1 for a conditional teacher)')
+    sg3_cfg = c.G_kwargs.class_name.endswith('networks_stylegan3.Generator')
+    if (family == 'sg3') != sg3_cfg:
+        raise dnnlib.util.UserError(f'--cfg: a {family.upper()} teacher needs ' +
+                                    ('--cfg stylegan3-t or stylegan3-r' if family == 'sg3' else 'a StyleGAN2 preset'))
+    student_data = student_init.load_generators(o.student, '--student') if o.student is not None else teacher_data
+    student_init.check_student(teacher, student_data.G, o.init, pruning=student_data.pruning,
+                               student_path=f'--student {o.student}' if o.student else '--teacher')
+    c.G_kwargs = student_init.generator_kwargs(student_data.G, fp32=o.fp32)
+
+    # Discriminator: the pickle's (CAGAN), or dense from the teacher's widths, from scratch.
+    if teacher_d:
+        D_src = student_data.D if student_data.D is not None else teacher_data.D
+        if D_src is None:
+            raise dnnlib.util.UserError(f'--teacher-d: neither {o.student or o.teacher} nor {o.teacher} holds a discriminator')
+        c.D_kwargs = student_init.generator_kwargs(D_src, fp32=o.fp32)
+        if c.D_kwargs.get('img_resolution') != res:
+            raise dnnlib.util.UserError(f'--teacher-d: the discriminator is for {c.D_kwargs.get("img_resolution")} px, not {res}')
+    else:
+        cbase, cmax = student_init.teacher_channel_base(teacher)
+        c.D_kwargs.channel_base = cbase if o.cbase is None else o.cbase
+        c.D_kwargs.channel_max = cmax if o.cmax is None else o.cmax
+    mbstd = (c.D_kwargs.get('epilogue_kwargs') or {}).get('mbstd_group_size')
+    if mbstd and c.batch_gpu % min(mbstd, c.batch_gpu) != 0:
+        raise dnnlib.util.UserError(f'--batch-gpu: {c.batch_gpu} is not a multiple of the discriminator\'s minibatch-std group {mbstd}')
+
+    # Loss terms; every weight file they need must exist now.
+    weights = dict(l1=o.l1_weight, lpips=o.lpips_weight, ld=o.ld_weight, vgg=o.vgg_weight, sparse=o.sparse_eta)
+    active = [t for t in terms if weights[t] > 0]
+    lpips_vgg = o.lpips_vgg or lpips_mod.VGG16_URL
+    lpips_lin = o.lpips_lin or lpips_mod.LPIPS_VGG_URL
+    if 'lpips' in active:
+        ok, reason = distill.lpips_weights_available(lpips_vgg, lpips_lin)
+        if not ok:
+            raise dnnlib.util.UserError(f'{reason} (LPIPS needs both files; --lpips-weight=0 switches it off)')
+    if 'vgg' in active:
+        _check_weight_file('--lpips-vgg', lpips_vgg)
+    if o.mask == 'face':
+        if not any(t in active for t in ('l1', 'lpips', 'vgg')):
+            raise dnnlib.util.UserError(f'--mask=face: the {recipe} recipe has no masked term')
+        if not o.face_parser:
+            raise dnnlib.util.UserError('--face-parser: --mask=face needs a BiSeNet checkpoint (79999_iter.pth), give its path or URL')
+        _check_weight_file('--face-parser', o.face_parser)
+    teacher_terms = [t for t in active if t in ('l1', 'lpips', 'ld', 'vgg')]
+    if teacher_terms:
+        c.loss_kwargs.terms.append(dict(
+            class_name='training.distill.DistillTerm', teacher='teacher',
+            l1_weight=weights['l1'] if 'l1' in teacher_terms else 0, lpips_weight=weights['lpips'] if 'lpips' in teacher_terms else 0,
+            ld_weight=weights['ld'] if 'ld' in teacher_terms else 0, ld_offset=o.ld_offset,
+            vgg_weight=weights['vgg'] if 'vgg' in teacher_terms else 0, mask=o.mask,
+            face_parser=o.face_parser if o.mask == 'face' else None,
+            lpips_vgg=lpips_vgg if ('lpips' in teacher_terms or 'vgg' in teacher_terms) else None,
+            lpips_lin=lpips_lin if 'lpips' in teacher_terms else None))
+        c.extra_networks = dict(teacher=dict(func_name='training.distill.load_teacher', path=o.teacher,
+                                             force_fp32=bool(o.fp32)))
+    if 'sparse' in active:
+        c.loss_kwargs.terms.append(dict(class_name='training.distill.StyleSparsityTerm', eta=weights['sparse']))
+
+    c.init_fn = dict(func_name='training.student_init.init_student', teacher=o.teacher, student=o.student, init=o.init,
+                     svs_fn=svs_fn, teacher_d=bool(teacher_d), spectral_norm=bool(o.spectral_norm))
+    return f'{desc}-{recipe}-{o.init}'
+
+
+def apply_config(opts, path, ctx):
+    """Fill ``opts`` from a YAML file whose keys are option names ('-' or '_'); options given on the
+    command line win. Values go through the options' own click types."""
+    import yaml
+    try:
+        with open(path, 'rt') as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise dnnlib.util.UserError(f'--config: {path}: cannot read it ({e.strerror})') from None
+    except yaml.YAMLError as e:
+        raise dnnlib.util.UserError(f'--config: {path}: not valid YAML ({str(e).splitlines()[0]})') from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise dnnlib.util.UserError(f'--config: {path}: expected a mapping of option names to values')
+    params = {p.name: p for p in ctx.command.params if p.name != 'config'}
+    unknown = [str(k) for k in data if str(k).replace('-', '_') not in params]
+    if unknown:
+        raise dnnlib.util.UserError(f'--config: {path}: unknown keys {", ".join(unknown)} (keys are train.py option names)')
+    for key, value in data.items():
+        name = str(key).replace('-', '_')
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE or value is None:
+            continue
+        if isinstance(value, bool):
+            text = 'true' if value else 'false'
+        elif isinstance(value, (list, tuple)):
+            text = ','.join(str(v) for v in value)
+        else:
+            text = str(value)
+        try:
+            opts[name] = params[name].type_cast_value(ctx, text)
+        except click.BadParameter as e:
+            raise dnnlib.util.UserError(f'--config: {path}: {key}: {e.message}') from None
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _parse_comma_list(s):
@@ -349,7 +526,7 @@ def _parse_comma_list(s):
 
 @click.command(context_settings=dict(max_content_width=120))
 # Required (except when resuming in place).
-@click.option('--outdir',       help='Where to make the run directory (or the run directory, with --resume=latest)', metavar='DIR', required=True)
+@click.option('--outdir',       help='Where to make the run directory (or the run directory, with --resume=latest)  [required]', metavar='DIR')
 @click.option('--data',         help='Training data (zip or folder of images)', metavar='[ZIP|DIR]')
 @click.option('--gpus',         help='Number of processes (GPUs, or CPU processes with --device=cpu)', metavar='INT', type=click.IntRange(min=1))
 # Base configuration.
@@ -385,11 +562,36 @@ def _parse_comma_list(s):
 @click.option('--device',       help='Device', type=click.Choice(['auto', 'cpu', 'cuda']))
 @click.option('--grid',         help='Sample-grid size WxH [default: as NVIDIA, up to 32x32]', metavar='WxH')
 @click.option('--desc',         help='String to append to the run directory name', metavar='STR')
+# Distillation (a pruned student against a frozen teacher).
+@click.option('--teacher',      help='Teacher network (any checkpoint load_network reads; its G_ema)', metavar='PKL|URL')
+@click.option('--student',      help='Student network (a prune.py student.pkl) [default: the teacher itself]', metavar='PKL|URL')
+@click.option('--init',         help='Student initialisation [default: pruned]', type=click.Choice(student_init.INIT_MODES))
+@click.option('--svs-fn',       help='SVS function for --init=svs and --svs-every [default: sqrt]', metavar='FN')
+@click.option('--teacher-d',    help='Start D from the student/teacher pickle\'s D (CAGAN) [default: from scratch; cagan: 1]', metavar='BOOL', type=bool)
+@click.option('--distill',      help='Distillation recipe [default: stylekd with --teacher, else none]', type=click.Choice(DISTILL_RECIPES))
+@click.option('--l1-weight',    help='Masked pixel L1 weight [default: 3]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--lpips-weight', help='LPIPS weight [default: 3]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--ld-weight',    help='Latent-direction relation loss weight [default: 30]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--ld-offset',    help='Latent offset strength of the LD loss [default: 5]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--sparse-eta',   help='GAN-Slimming style-sparsity weight (gs-sparse) [default: 1e-5]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--vgg-weight',   help='GAN-Slimming VGG-feature distillation weight (gs, gs-sparse) [default: 3]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--mask',         help='Content mask of L1/LPIPS [default: uniform]', type=click.Choice(['uniform', 'face']))
+@click.option('--face-parser',  help='BiSeNet checkpoint (79999_iter.pth) for --mask=face', metavar='PATH|URL')
+@click.option('--lpips-vgg',    help='VGG16 ImageNet weights (torchvision vgg16-397923af.pth) [default: its URL]', metavar='PATH|URL')
+@click.option('--lpips-lin',    help='LPIPS v0.1 vgg heads (vgg.pth) [default: its URL]', metavar='PATH|URL')
+@click.option('--spectral-norm', help='Spectral normalisation of the synthesis weights every step (Table 6d)', metavar='BOOL', type=bool)
+@click.option('--svs-every',    help='Re-apply SVS every KIMG during the first half of training (Table 6e)', metavar='KIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--config',       help='YAML file of options (keys = option names); command-line options override it', metavar='FILE')
 @click.option('--dry-run', '-n', help='Print the options and exit', is_flag=True)
 @dnnlib.util.exit_on_user_error
 def main(**kwargs):
-    """Train a GAN (stylegan2-ada-pytorch options; --device=cpu and exact --resume added)."""
+    """Train a GAN (stylegan2-ada-pytorch options; --device=cpu and exact --resume added), or
+    distil a pruned student from a teacher (--teacher, --student, --init, --distill)."""
     opts = dnnlib.EasyDict(kwargs)
+    if opts.config is not None:
+        apply_config(opts, opts.config, click.get_current_context())
+    if not opts.outdir:
+        raise click.UsageError("Missing option '--outdir'.")
     if opts.resume == 'latest':
         return _resume_latest(opts)
 
@@ -407,6 +609,7 @@ def main(**kwargs):
         dlr=opts.dlr, map_depth=opts.map_depth, mbstd_group=opts.mbstd_group, cbase=opts.cbase, cmax=opts.cmax,
         tick=opts.tick, workers=_default(opts.workers, 3), nobench=_default(opts.nobench, False),
         device=_default(opts.device, 'auto'), grid=opts.grid)
+    desc = add_distillation(c, opts, desc)
     resolve_resume(c, opts.resume)
     if opts.resume is not None:
         desc += '-resume'
@@ -444,7 +647,10 @@ def _resume_latest(opts):
     with open(os.path.join(run_dir, 'training_options.json'), 'rt') as f:
         c = json.load(f, object_hook=dnnlib.EasyDict)
     ignored = [k for k in ('data', 'cfg', 'batch', 'gamma', 'mirror', 'p', 'target', 'fp32', 'glr', 'dlr', 'map_depth',
-                           'mbstd_group', 'cbase', 'cmax', 'cond', 'subset', 'grid') if opts.get(k) not in (None, False)]
+                           'mbstd_group', 'cbase', 'cmax', 'cond', 'subset', 'grid', 'teacher', 'student', 'init',
+                           'svs_fn', 'teacher_d', 'distill', 'l1_weight', 'lpips_weight', 'ld_weight', 'ld_offset',
+                           'sparse_eta', 'vgg_weight', 'mask', 'face_parser', 'lpips_vgg', 'lpips_lin', 'spectral_norm',
+                           'svs_every') if opts.get(k) not in (None, False)]
     if opts.aug != 'ada' or opts.augpipe != 'bgc' or opts.seed != 0:
         ignored.append('aug/augpipe/seed')
     if ignored:

@@ -27,7 +27,10 @@ metrics after each network snapshot) with these deliberate differences:
 
 Hooks for the distillation issue: ``init_fn`` (student initialisation, before the EMA copy; not
 called when resuming), ``extra_networks`` (e.g. a frozen teacher: on the device, eval, no grad, not
-trained, not EMA'd, not in snapshots), and ``loss_kwargs.terms`` (see ``training/loss.py``).
+trained, not EMA'd, not in snapshots), ``loss_kwargs.terms`` (see ``training/loss.py``) and
+``step_hooks`` (called after every optimisation step, before the EMA update, on every rank; they
+must be deterministic so that the ranks stay identical; e.g. the spectrum ablations of
+``training/student_init.py``).
 """
 import copy
 import json
@@ -297,6 +300,7 @@ def training_loop(
     init_fn                 = None,     # init_fn(G, D, training_set, device, rank, num_gpus, extra_networks); not on resume.
     extra_networks          = None,     # {name: Module or spec}: frozen networks for the loss terms.
     image_grid_size         = None,     # (gw, gh) of the sample grids; None = NVIDIA's size.
+    step_hooks              = None,     # [spec]: hook(cur_nimg=, batch_size=, total_kimg=, rank=) after each step, before the EMA.
 ):
     start_time = time.time()
     if device is None:
@@ -375,6 +379,8 @@ def training_loop(
              for t in loss_kwargs.pop('terms', [])]
     loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, augment_pipe=augment_pipe, terms=terms,
                                                **loss_kwargs)
+    hooks = [h if not isinstance(h, dict) else dnnlib.util.construct_class_by_name(**h, device=device, networks=nets)
+             for h in (step_hooks or [])]
 
     # Optimizers and phases (lazy regularisation scales lr and betas by k/(k+1)).
     phases = []
@@ -572,6 +578,10 @@ def training_loop(
                 if stats_tfevents is not None:
                     stats_tfevents.close()
                 raise NonFiniteLossError(msg)
+
+        # Step hooks (e.g. weight projections of ablations); identical on every rank.
+        for hook in hooks:
+            hook(cur_nimg=cur_nimg + batch_size, batch_size=batch_size, total_kimg=total_kimg, rank=rank)
 
         # G_ema.
         with torch.autograd.profiler.record_function('Gema'):
