@@ -122,6 +122,12 @@ def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, d
                 save_image(image, os.path.join(outdir, f'{prefix}seed{seed:04d}.png'))
         rows.append(images)
     if grid is not None:
+        if len(rows) == 1 and len(seeds) > 8:
+            # One network: wrap its images into rows of 8 instead of one long strip.
+            images = rows[0]
+            pad = (-len(images)) % 8
+            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+            rows = [images[i:i + 8] for i in range(0, len(images), 8)]
         size = max(r.shape[1] for r in rows)
         os.makedirs(os.path.dirname(os.path.abspath(grid)), exist_ok=True)
         save_image(image_grid([upscale_to(r, size) for r in rows]), grid)

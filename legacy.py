@@ -37,12 +37,19 @@ def force_fp16_networks(data):
 @click.option('--weights-only', is_flag=True, help='Write tensors plus a JSON architecture description instead of a pickle.')
 @click.option('--force-fp16', is_flag=True, help='Rebuild the networks with num_fp16_res=4 and conv_clamp=256.')
 @click.option('--allow-code', is_flag=True, help='Run the code embedded in NVIDIA pickles (only for files you trust).')
+@click.option('--drop', metavar='G,D,...', default='', help='Networks to leave out (e.g. G: keep only G_ema, to ship a smaller teacher).')
 @dnnlib.util.exit_on_user_error
-def main(source, dest, weights_only, force_fp16, allow_code):
+def main(source, dest, weights_only, force_fp16, allow_code, drop):
     """Convert a StyleGAN2/3 checkpoint (NVIDIA PyTorch or TensorFlow pickle, rosinality, ours) to our format."""
     data = checkpoints.load_network(source, allow_code=allow_code)
     if force_fp16:
         data = force_fp16_networks(data)
+    for name in filter(None, (n.strip() for n in drop.split(','))):
+        if name not in ('G', 'D', 'G_ema', 'augment_pipe'):
+            raise dnnlib.util.UserError(f'--drop: {name!r} is not one of G, D, G_ema, augment_pipe')
+        if name == 'G_ema':
+            raise dnnlib.util.UserError('--drop: G_ema is what every tool uses; it cannot be dropped')
+        data[name] = None
     if weights_only:
         checkpoints.export_weights(data, dest)
     else:

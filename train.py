@@ -593,7 +593,9 @@ def main(**kwargs):
     if not opts.outdir:
         raise click.UsageError("Missing option '--outdir'.")
     if opts.resume == 'latest':
-        return _resume_latest(opts)
+        ctx = click.get_current_context()
+        given = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        return _resume_latest(opts, given)
 
     tr = _torchrun_env()
     gpus = _default(opts.gpus, 1)
@@ -638,7 +640,7 @@ def _agree_run_dir(outdir, desc, tr, dry_run):
     return name[0]
 
 
-def _resume_latest(opts):
+def _resume_latest(opts, given=None):
     """``--resume latest``: continue the newest resumable snapshot of a run, in that run directory."""
     run_dir = find_resumable_run(opts.outdir)
     snapshot = training_loop.find_latest_snapshot(run_dir)
@@ -650,9 +652,8 @@ def _resume_latest(opts):
                            'mbstd_group', 'cbase', 'cmax', 'cond', 'subset', 'grid', 'teacher', 'student', 'init',
                            'svs_fn', 'teacher_d', 'distill', 'l1_weight', 'lpips_weight', 'ld_weight', 'ld_offset',
                            'sparse_eta', 'vgg_weight', 'mask', 'face_parser', 'lpips_vgg', 'lpips_lin', 'spectral_norm',
-                           'svs_every') if opts.get(k) not in (None, False)]
-    if opts.aug != 'ada' or opts.augpipe != 'bgc' or opts.seed != 0:
-        ignored.append('aug/augpipe/seed')
+                           'svs_every', 'aug', 'augpipe', 'seed')
+               if (k in given if given is not None else opts.get(k) not in (None, False))]
     if ignored:
         print(f'--resume=latest: options come from {run_dir}/training_options.json; ignoring --{", --".join(ignored)}')
     if opts.kimg is not None:
