@@ -188,6 +188,12 @@ def format_time(seconds):
     return f'{s // 86400}d {(s // 3600) % 24:02d}h'
 
 
+def _umask_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -196,6 +202,7 @@ def atomic_write_bytes(path, data):
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -220,6 +227,7 @@ class atomic_open:
     def __exit__(self, exc_type, exc, tb):
         self.f.close()
         if exc_type is None:
+            os.chmod(self.tmp, _umask_mode())
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
