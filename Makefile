@@ -16,5 +16,9 @@ venv: $(VENV)/.installed
 test: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q tests
 
+# The built-in pipeline: prune -> fine-tune with and without SVS -> evaluate -> runs/pipeline/report.html.
+demo: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) pipeline.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
