@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from . import bias_act
 from . import upfirdn2d
+from .upfirdn2d import _get_filter_size, _parse_padding  # noqa: F401 (also part of the NVIDIA API)
 
 # Largest input length along an axis for which the matrix-product upsampling pays; above it the
 # banded matrix is mostly zeros and the transposed convolution of ``upfirdn2d`` wins.
@@ -32,28 +33,6 @@ _MATMUL_MAX_SIZE = 144
 
 # Elements of the upsampled intermediate processed at once on a CPU (about 4 MB in float32).
 _CHUNK_ELEMENTS = 1 << 20
-
-
-def _parse_padding(padding):
-    """int, [x, y] or [x0, x1, y0, y1] -> (x0, x1, y0, y1)."""
-    if isinstance(padding, (int, np.integer)):
-        padding = [padding, padding]
-    assert isinstance(padding, (list, tuple)) and all(isinstance(p, (int, np.integer)) for p in padding)
-    padding = [int(p) for p in padding]
-    if len(padding) == 2:
-        px, py = padding
-        padding = [px, px, py, py]
-    assert len(padding) == 4
-    px0, px1, py0, py1 = padding
-    return px0, px1, py0, py1
-
-
-def _get_filter_size(f):
-    """Filter width and height (1, 1 for None)."""
-    if f is None:
-        return 1, 1
-    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2)
-    return int(f.shape[-1]), int(f.shape[0])
 
 
 def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=np.sqrt(2), slope=0.2, clamp=None,

@@ -27,9 +27,10 @@ def _parse_scaling(scaling):
 
 def _parse_padding(padding):
     """int, [x, y] or [x0, x1, y0, y1] -> (x0, x1, y0, y1)."""
-    if isinstance(padding, int):
+    if isinstance(padding, (int, np.integer)):
         padding = [padding, padding]
-    assert isinstance(padding, (list, tuple)) and all(isinstance(p, int) for p in padding)
+    assert isinstance(padding, (list, tuple)) and all(isinstance(p, (int, np.integer)) for p in padding)
+    padding = [int(p) for p in padding]
     if len(padding) == 2:
         padx, pady = padding
         padding = [padx, padx, pady, pady]
