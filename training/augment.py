@@ -228,21 +228,20 @@ class AugmentPipe(torch.nn.Module):
         # Rotation is split in two (before and after anisotropy), each with this probability,
         # so that the chance of any rotation matches rotate * p.
         p_rot = 1 - torch.sqrt((1 - self.rotate * self.p).clamp(0, 1))
-        if self.rotate > 0:
+
+        def random_rotation(G_inv, chosen):
             theta = (torch.rand([batch_size], device=device) * 2 - 1) * math.pi * self.rotate_max
             mask = torch.rand([batch_size], device=device) < p_rot
-            chosen = chosen | mask
             theta = torch.where(mask, theta, torch.zeros_like(theta))
-            G_inv = G_inv @ rotate2d_inv(-theta, device)
+            return G_inv @ rotate2d_inv(-theta, device), chosen | mask
+
+        if self.rotate > 0:
+            G_inv, chosen = random_rotation(G_inv, chosen)
         if self.aniso > 0:
             s = draw(torch.exp2(torch.randn([batch_size], device=device) * self.aniso_std), self.aniso, 1)
             G_inv = G_inv @ scale2d_inv(s, 1 / s, device)
         if self.rotate > 0:
-            theta = (torch.rand([batch_size], device=device) * 2 - 1) * math.pi * self.rotate_max
-            mask = torch.rand([batch_size], device=device) < p_rot
-            chosen = chosen | mask
-            theta = torch.where(mask, theta, torch.zeros_like(theta))
-            G_inv = G_inv @ rotate2d_inv(-theta, device)
+            G_inv, chosen = random_rotation(G_inv, chosen)
         if self.xfrac > 0:
             t = torch.randn([batch_size, 2], device=device) * self.xfrac_std
             mask = self._chosen([batch_size, 1], self.xfrac, device)
