@@ -200,8 +200,6 @@ class ZipDest:
     def finish(self, ok):
         self.zf.close()
         self.opener.__exit__(None if ok else RuntimeError, None, None)
-        if ok:
-            os.chmod(self.path, 0o644)
 
 
 class FolderDest:

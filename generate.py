@@ -77,9 +77,8 @@ def image_grid(rows):
 
 def save_image(array, path):
     array = array[..., 0] if array.shape[-1] == 1 else array
-    tmp = path + '.tmp.png'
-    PIL.Image.fromarray(array, 'L' if array.ndim == 2 else 'RGB').save(tmp)
-    os.replace(tmp, path)
+    with dnnlib.util.atomic_open(path, 'wb') as f:
+        PIL.Image.fromarray(array, 'L' if array.ndim == 2 else 'RGB').save(f, format='PNG')
 
 
 def upscale_to(images, size):

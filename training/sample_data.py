@@ -172,7 +172,6 @@ def make_sample_dataset(dest, num_images=2000, resolution=32, seed=0, preview=No
                     print(f'sample dataset: {idx + 1}/{num_images} images', flush=True)
             meta = json.dumps({'labels': labels}, indent=None).encode('utf-8')
             zf.writestr(zip_entry('dataset.json'), meta)
-    os.chmod(dest, 0o644)  # the temporary file was private; a dataset is not
     if preview is not None:
         save_image_grid(np.stack(grid_images).transpose(0, 3, 1, 2), preview)
     return [label for _name, label in labels]
@@ -194,4 +193,3 @@ def save_image_grid(images, path, grid_w=None):
     buf = io.BytesIO()
     PIL.Image.fromarray(grid).save(buf, format='png')
     dnnlib.util.atomic_write_bytes(os.fspath(path), buf.getvalue())
-    os.chmod(path, 0o644)

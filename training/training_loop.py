@@ -49,6 +49,7 @@ from torch_utils import misc
 from torch_utils import training_stats
 from training import augment
 from training import checkpoints
+from training import sample_data
 from training.loss import NonFiniteLossError
 
 STATE_VERSION = 1
@@ -163,17 +164,12 @@ def setup_snapshot_image_grid(training_set, random_seed=0, grid_size=None):
 
 
 def save_image_grid(img, fname, drange, grid_size):
+    """NCHW images in ``drange`` -> one PNG of gw x gh tiles (NVIDIA's call signature)."""
     lo, hi = drange
     img = np.asarray(img, dtype=np.float32)
-    img = (img - lo) * (255 / (hi - lo))
-    img = np.rint(img).clip(0, 255).astype(np.uint8)
-    gw, gh = grid_size
-    _n, C, H, W = img.shape
-    img = img.reshape(gh, gw, C, H, W).transpose(0, 3, 1, 4, 2).reshape(gh * H, gw * W, C)
-    assert C in [1, 3]
-    pil = PIL.Image.fromarray(img[:, :, 0], 'L') if C == 1 else PIL.Image.fromarray(img, 'RGB')
-    with dnnlib.util.atomic_open(fname, 'wb') as f:
-        pil.save(f, format='PNG')
+    img = np.rint((img - lo) * (255 / (hi - lo))).clip(0, 255).astype(np.uint8)
+    assert img.shape[1] in [1, 3] and img.shape[0] == grid_size[0] * grid_size[1]
+    sample_data.save_image_grid(img, fname, grid_w=grid_size[0])
 
 
 @torch.no_grad()
