@@ -9,86 +9,15 @@ Examples:
         --seeds 0-5 --grid out/compare.png
 """
 import os
-import re
 
 import click
-import numpy as np
-import PIL.Image
 import torch
 
 import dnnlib
 from training.checkpoints import load_network
-
-
-def parse_range(text):
-    """'0-3,7' -> [0, 1, 2, 3, 7]."""
-    values = []
-    for part in str(text).split(','):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r'(\d+)-(\d+)', part)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise dnnlib.util.UserError(f'--seeds: empty range {part}')
-            values.extend(range(lo, hi + 1))
-        elif re.fullmatch(r'\d+', part):
-            values.append(int(part))
-        else:
-            raise dnnlib.util.UserError(f'--seeds: cannot parse {part!r} (use e.g. 0-7,12)')
-    if not values:
-        raise dnnlib.util.UserError('--seeds: no seeds given')
-    return values
-
-
-def latents_for_seeds(seeds, z_dim):
-    """One z per seed, the same z whatever the network (so snapshots can be compared)."""
-    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
-
-
-def labels_for(G, class_idx, count):
-    c = torch.zeros([count, G.c_dim])
-    if G.c_dim:
-        if class_idx is None:
-            raise dnnlib.util.UserError('--class: this network is conditional; give a class index')
-        if not 0 <= class_idx < G.c_dim:
-            raise dnnlib.util.UserError(f'--class: {class_idx} is outside 0..{G.c_dim - 1}')
-        c[:, class_idx] = 1
-    return c
-
-
-@torch.no_grad()
-def generate_images(G, z, c, truncation_psi=1.0, noise_mode='const', batch=8, device='cpu'):
-    """uint8 NHWC images from latents, quantised the way metrics and image files see them."""
-    G = G.eval().requires_grad_(False).to(device)
-    out = []
-    for i in range(0, len(z), batch):
-        img = G(z[i:i + batch].to(device), c[i:i + batch].to(device), truncation_psi=truncation_psi, noise_mode=noise_mode)
-        out.append((img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu())
-    return torch.cat(out).numpy()
-
-
-def image_grid(rows):
-    """Tile a list of rows (each [N, H, W, C] uint8, equal sizes) into one image array."""
-    rows = [np.concatenate(list(r), axis=1) for r in rows]
-    return np.concatenate(rows, axis=0)
-
-
-def save_image(array, path):
-    array = array[..., 0] if array.shape[-1] == 1 else array
-    with dnnlib.util.atomic_open(path, 'wb') as f:
-        PIL.Image.fromarray(array, 'L' if array.ndim == 2 else 'RGB').save(f, format='PNG')
-
-
-def upscale_to(images, size):
-    """Nearest-neighbour upscaling so that students and teachers of other sizes share one grid."""
-    if images.shape[1] == size:
-        return images
-    factor = size // images.shape[1]
-    if factor * images.shape[1] != size:
-        raise dnnlib.util.UserError(f'cannot put {images.shape[1]} px images in a grid of {size} px images')
-    return images.repeat(factor, axis=1).repeat(factor, axis=2)
+from training.image_synthesis import (generate_images, image_grid, labels_for, latents_for_seeds,  # noqa: F401 (re-exported)
+                                      load_projected_w, parse_range, save_image, synthesize_ws, upscale_to,
+                                      wrap_rows)
 
 
 @click.command()
@@ -99,14 +28,25 @@ def upscale_to(images, size):
 @click.option('--class', 'class_idx', type=int, default=None, help='Class label (conditional networks)')
 @click.option('--outdir', type=str, default=None, help='Write one PNG per seed (and per network) here')
 @click.option('--grid', type=str, default=None, help='Write all images as one grid PNG (rows = networks)')
+@click.option('--projected-w', type=str, default=None, metavar='FILE',
+              help='projected_w.npz of projector.py: write proj00.png ... from its W+ latents instead of seeds')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @dnnlib.util.exit_on_user_error
-def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, device):
+def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, projected_w, device):
     """Generate images (and comparison grids) from network snapshots."""
     if outdir is None and grid is None:
         raise dnnlib.util.UserError('give --outdir, --grid, or both')
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if projected_w is not None:
+        if len(networks) != 1 or outdir is None:
+            raise dnnlib.util.UserError('--projected-w: give one --network and --outdir')
+        G = load_network(networks[0], device='cpu').G_ema
+        images = synthesize_ws(G, load_projected_w(projected_w), noise_mode=noise_mode, device=device)
+        for idx, image in enumerate(images):
+            save_image(image, os.path.join(outdir, f'proj{idx:02d}.png'))
+        print(f'{projected_w}: {len(images)} images in {outdir}')
+        return
     seeds = parse_range(seeds)
     rows = []
     for idx, net in enumerate(networks):
@@ -123,10 +63,7 @@ def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, d
     if grid is not None:
         if len(rows) == 1 and len(seeds) > 8:
             # One network: wrap its images into rows of 8 instead of one long strip.
-            images = rows[0]
-            pad = (-len(images)) % 8
-            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-            rows = [images[i:i + 8] for i in range(0, len(images), 8)]
+            rows = wrap_rows(rows[0], 8)
         size = max(r.shape[1] for r in rows)
         os.makedirs(os.path.dirname(os.path.abspath(grid)), exist_ok=True)
         save_image(image_grid([upscale_to(r, size) for r in rows]), grid)

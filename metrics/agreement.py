@@ -1,6 +1,6 @@
 """Teacher-student agreement: PSNR and SSIM between images generated from the same latents.
 
-Both networks get the same z (one per seed, as ``generate.py``), the same label and constant noise,
+Both networks get the same z (one per seed, as ``generate.py``: ``training.image_synthesis``), the same label and constant noise,
 and their outputs are quantised to uint8 exactly as image files and metrics see them. PSNR and SSIM
 are then computed per image on [0, 255] and averaged over the images.
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import dnnlib
+from training import image_synthesis
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -85,20 +86,10 @@ def image_agreement(reference, images):
                            num_images=int(len(images)))
 
 
-def class_labels(G, count):
-    """One-hot labels cycling through the classes of a conditional network (zeros otherwise)."""
-    c = torch.zeros([count, G.c_dim])
-    if G.c_dim:
-        c[torch.arange(count), torch.arange(count) % G.c_dim] = 1
-    return c
-
-
 def generate_for_seeds(G, seeds, noise_mode='const', truncation_psi=1.0, batch=8, device='cpu'):
-    """uint8 NHWC images of ``G`` for ``seeds`` (the z of ``generate.latents_for_seeds``)."""
-    from generate import generate_images, latents_for_seeds
-    z = latents_for_seeds(seeds, G.z_dim)
-    return generate_images(G, z, class_labels(G, len(seeds)), truncation_psi=truncation_psi, noise_mode=noise_mode,
-                           batch=batch, device=device)
+    """uint8 NHWC images of ``G`` for ``seeds`` (the z of ``image_synthesis.latents_for_seeds``; classes cycle)."""
+    return image_synthesis.generate_for_seeds(G, seeds, noise_mode=noise_mode, truncation_psi=truncation_psi,
+                                              batch=batch, device=device)
 
 
 def generator_agreement(teacher, student, seeds=range(64), noise_mode='const', batch=8, device='cpu'):
