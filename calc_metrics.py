@@ -35,7 +35,7 @@ def _dataset_kwargs(network_data, data, mirror):
 
 def run_metrics(G, metrics, dataset_kwargs, *, num_gpus=1, rank=0, device=None, run_dir=None, snapshot_pkl=None,
                 detector_dir=None, cache=True, verbose=True, seed=0, allow_fewer_real=False, knn_mode='f64',
-                log=print):
+                log=print, num_gen=None):
     """Compute ``metrics`` (list of names) for ``G`` in this process; rank 0 prints and records.
 
     Returns the list of result EasyDicts (same on every rank).
@@ -48,7 +48,8 @@ def run_metrics(G, metrics, dataset_kwargs, *, num_gpus=1, rank=0, device=None, 
     for metric in metrics:
         result = metric_main.calc_metric(metric, G=G, dataset_kwargs=dataset_kwargs, num_gpus=num_gpus, rank=rank,
                                          device=device, cache=cache, detector_dir=detector_dir, progress=verbose,
-                                         seed=seed, allow_fewer_real=allow_fewer_real, knn_mode=knn_mode, gen_memo=gen_memo)
+                                         seed=seed, allow_fewer_real=allow_fewer_real, knn_mode=knn_mode, gen_memo=gen_memo,
+                                         num_gen=num_gen)
         if rank == 0:
             metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=snapshot_pkl)
             log(metric_main.format_result(result))
@@ -90,7 +91,7 @@ def _subprocess_fn(rank, args, temp_dir):
         return run_metrics(G, args.metrics, args.dataset_kwargs, num_gpus=args.num_gpus, rank=rank, device=device,
                            run_dir=args.run_dir, snapshot_pkl=args.network_pkl, detector_dir=args.detector_dir,
                            cache=args.cache, verbose=args.verbose and rank == 0, seed=args.seed,
-                           allow_fewer_real=args.allow_fewer_real, knn_mode=args.knn_mode)
+                           allow_fewer_real=args.allow_fewer_real, knn_mode=args.knn_mode, num_gen=args.get('num_gen'))
     finally:
         if args.num_gpus > 1:
             torch.distributed.destroy_process_group()
@@ -121,11 +122,13 @@ def launch(args):
 @click.option('--allow-fewer-real', is_flag=True, help='Use all reals when the dataset is smaller than a capped metric needs.')
 @click.option('--knn-mode', type=click.Choice(['f64', 'f32']), default='f64', show_default=True,
               help='P/R/D/C distances: f64 = bit-exact prdc parity, f32 = centred float32 (faster).')
+@click.option('--num-gen', type=click.IntRange(min=1), default=None,
+              help='Override the number of generated samples (smoke tests; the result is then not the named metric).')
 @click.option('--cache/--no-cache', default=True, show_default=True, help='Cache dataset features on disk.')
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress on stderr.')
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, metrics, data, mirror, num_gpus, device, detector_dir, run_dir, seed, allow_fewer_real,
-         knn_mode, cache, verbose):
+         knn_mode, cache, verbose, num_gen):
     """Calculate quality metrics of a generator snapshot."""
     metrics = [m.strip() for m in metrics.split(',') if m.strip()]
     if not metrics:
@@ -138,12 +141,17 @@ def main(network_pkl, metrics, data, mirror, num_gpus, device, detector_dir, run
     if device == 'cuda' and num_gpus > torch.cuda.device_count():
         raise dnnlib.util.UserError(f'--gpus {num_gpus}: only {torch.cuda.device_count()} CUDA devices')
 
-    network_data, _ = _load_G(network_pkl)  # validate early, and read training_set_kwargs
+    network_data, G = _load_G(network_pkl)  # validate early, and read training_set_kwargs
     if run_dir is None and os.path.isfile(network_pkl):
         run_dir = os.path.dirname(os.path.abspath(network_pkl))
-    args = dnnlib.EasyDict(G=None, network_pkl=network_pkl, metrics=metrics, dataset_kwargs=_dataset_kwargs(network_data, data, mirror),
+    if data is None and not any(metric_main.needs_dataset(m, G) for m in metrics) and not network_data.get('training_set_kwargs'):
+        dataset_kwargs = None  # is50k, ppl*, eq* of an unconditional G read no dataset
+    else:
+        dataset_kwargs = _dataset_kwargs(network_data, data, mirror)
+    args = dnnlib.EasyDict(G=None, network_pkl=network_pkl, metrics=metrics, dataset_kwargs=dataset_kwargs,
                            num_gpus=num_gpus, device=device, detector_dir=detector_dir, run_dir=run_dir, seed=seed,
-                           allow_fewer_real=allow_fewer_real, knn_mode=knn_mode, cache=cache, verbose=verbose)
+                           allow_fewer_real=allow_fewer_real, knn_mode=knn_mode, cache=cache, verbose=verbose,
+                           num_gen=num_gen)
     if verbose:
         print(f'Calculating {", ".join(metrics)} for {network_pkl} on {num_gpus} process(es)...', file=sys.stderr)
     launch(args)

@@ -316,7 +316,7 @@ def images_to_uint8(img):
 def compute_generator_features(G, detector='inception', *, num_items, dataset_kwargs=None, dataset=None,
                                truncation_psi=1, noise_mode='random', seed=0, G_kwargs=None,
                                capture_all=False, capture_mean_cov=False, batch_size=64, batch_gen=None,
-                               num_gpus=1, rank=0, device='cpu', detector_dir=None, progress=None):
+                               num_gpus=1, rank=0, device='cpu', detector_dir=None, progress=None, detector_kwargs=None):
     """Features of ``num_items`` generated images (z ~ N(0, I), random dataset labels when conditional).
 
     Sample i uses the latent and label derived from (seed, i) alone. With ``noise_mode='random'``
@@ -339,7 +339,8 @@ def compute_generator_features(G, detector='inception', *, num_items, dataset_kw
 
     G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
     det = detectors.load_detector(detector, device=device, detector_dir=detector_dir)
-    det_kwargs = detectors.detector_kwargs(detector)
+    # detector_kwargs: another output of the same detector (is50k: Inception softmax without output bias).
+    det_kwargs = detectors.detector_kwargs(detector) if detector_kwargs is None else dict(detector_kwargs)
     stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=num_items)
     stats.source = 'generator features'
     inputs = _SampleInputs(G.z_dim, G.c_dim, seed, dataset)

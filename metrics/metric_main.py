@@ -17,7 +17,21 @@ pr{N}k3_full           VGG16 fc2   all, at most 200k (no x-flip)    3      <=   
 pr{N}k3                VGG16 fc2   first N k (x-flip as the data)   3      <=    precision, recall
 prdc{N}k_full          Inception   all (no x-flip)                  5      <     P, R, D, C
 prdc{N}k               Inception   first N k (no x-flip)            5      <     P, R, D, C
+kid{N}k                Inception   first N k (x-flip as the data)                 KID
+is50k                  Inception   none (softmax, no output bias)                 mean, std
+ppl2_wend              VGG16 LPIPS none (W, endpoints, no crop)                   PPL
+ppl_{z,w}{full,end}    VGG16 LPIPS none (Z/W, full/end, face crop)                PPL
+eqt50k_int/_frac       -           none (StyleGAN3 only)                          PSNR dB
+eqr50k                 -           none (StyleGAN3 only)                          PSNR dB
 =====================  ==========  ===============================  =====  ====  ==============
+
+Names, definitions and result keys are NVIDIA's (stylegan2-ada-pytorch / stylegan3 ``metric_main``):
+``is50k`` gives ``is50k_mean``/``is50k_std``; PPL uses 50k pairs, eps = 1e-4, the ``vgg16.pt``
+LPIPS embedding and 1st/99th percentile filtering (``metrics/perceptual_path_length.py``);
+equivariance uses 50k samples (``metrics/equivariance.py``). ``prdc*`` write the paper release's
+bare ``precision``/``recall``/``density``/``coverage`` keys and our ``prdc50k_full_precision`` ...
+aliases. ``calc_metric(num_gen=...)`` overrides the sample count (smoke tests, quick looks; the
+result then is not the named metric, and ``details.num_gen`` says so).
 
 ``pr*k3`` follow stylegan2-ada-pytorch (VGG16 4096-d, k = 3, ``<=``) but with exact distances
 (the original uses fp16 distances on the GPU, which moves P and R by up to ~1 point); the paper's
@@ -58,6 +72,28 @@ for _n in (50, 10, 1):
     _register(f'pr{_n}k3', family='pr', num_gen=_g, max_real=_g, full=False, k=3)
     _register(f'prdc{_n}k_full', family='prdc', num_gen=_g, max_real=None, full=True, k=5)
     _register(f'prdc{_n}k', family='prdc', num_gen=_g, max_real=_g, full=False, k=5)
+    _register(f'kid{_n}k', family='kid', num_gen=_g, max_real=_g, full=False)
+
+_register('is50k', family='is', num_gen=50000, max_real=None, full=True, num_splits=10)
+_register('ppl2_wend', family='ppl', num_gen=50000, max_real=None, full=False, space='w', sampling='end', crop=False)
+for _space in ('z', 'w'):
+    for _sampling in ('full', 'end'):
+        _register(f'ppl_{_space}{_sampling}', family='ppl', num_gen=50000, max_real=None, full=False, space=_space,
+                  sampling=_sampling, crop=True)
+_register('eqt50k_int', family='eq', num_gen=50000, max_real=None, full=False, kind='int')
+_register('eqt50k_frac', family='eq', num_gen=50000, max_real=None, full=False, kind='frac')
+_register('eqr50k', family='eq', num_gen=50000, max_real=None, full=False, kind='rot')
+
+PPL_EPSILON = 1e-4
+PPL_BATCH = 2  # pairs per batch (noise buffers are drawn once per batch), as NVIDIA
+EQ_BATCH = 4
+GENERATOR_ONLY_FAMILIES = ('is', 'ppl', 'eq')  # need the dataset only for the labels of a conditional G
+
+
+def needs_dataset(metric, G=None):
+    """Whether ``metric`` reads real images (or, for a conditional ``G``, dataset labels)."""
+    spec = _metric_dict[metric]
+    return spec.family not in GENERATOR_ONLY_FAMILIES or (G is not None and G.c_dim > 0)
 
 
 def is_valid_metric(metric):
@@ -113,8 +149,45 @@ def _broadcast_results(results, opts):
     return box[0]
 
 
+def _label_dataset(opts):
+    if opts.dataset_kwargs is None or opts.G.c_dim == 0:
+        return None
+    return feat.open_dataset(opts.dataset_kwargs)
+
+
+def _compute_generator_only(opts, spec):
+    """is50k, ppl*, eq*: no real images."""
+    name, details = spec.name, dnnlib.EasyDict(num_gen=spec.num_gen, num_real=0)
+    common = dict(G_kwargs=opts.G_kwargs, seed=opts.seed, num_gpus=opts.num_gpus, rank=opts.rank,
+                  device=opts.device, progress=opts.progress)
+    if spec.family == 'is':
+        from metrics import inception_score
+        dataset = _label_dataset(opts)
+        gen = feat.compute_generator_features(
+            opts.G, 'inception', num_items=spec.num_gen, dataset=dataset, truncation_psi=opts.truncation_psi,
+            noise_mode=opts.noise_mode, capture_all=True, detector_dir=opts.detector_dir,
+            detector_kwargs=inception_score.IS_DETECTOR_KWARGS, **common)
+        mean, std = inception_score.inception_score_from_probs(gen.get_all(), num_splits=spec.num_splits)
+        details.update(detector='inception', num_splits=spec.num_splits)
+        return dnnlib.EasyDict({f'{name}_mean': mean, f'{name}_std': std}), details
+    if spec.family == 'ppl':
+        from metrics import perceptual_path_length
+        ppl, _scores = perceptual_path_length.compute_ppl(
+            opts.G, num_samples=spec.num_gen, epsilon=PPL_EPSILON, space=spec.space, sampling=spec.sampling,
+            crop=spec.crop, batch_size=PPL_BATCH, dataset=_label_dataset(opts), detector_dir=opts.detector_dir, **common)
+        details.update(detector='vgg16', epsilon=PPL_EPSILON, space=spec.space, sampling=spec.sampling, crop=spec.crop)
+        return dnnlib.EasyDict({name: ppl}), details
+    from metrics import equivariance
+    (psnr,) = equivariance.compute_equivariance(opts.G, num_samples=spec.num_gen, batch_size=EQ_BATCH, kinds=(spec.kind,),
+                                                dataset=_label_dataset(opts), **common)
+    details.update(kind=spec.kind)
+    return dnnlib.EasyDict({name: psnr}), details
+
+
 def _compute(opts, spec):
     name = spec.name
+    if spec.family in GENERATOR_ONLY_FAMILIES:
+        return _compute_generator_only(opts, spec)
     if spec.family in ('fid', 'kid', 'prdc'):
         detector = 'inception'
     else:
@@ -138,6 +211,8 @@ def _compute(opts, spec):
                                  verbose=bool(opts.progress) and not callable(opts.progress))
             keys = ('precision', 'recall', 'density', 'coverage') if spec.family == 'prdc' else ('precision', 'recall')
             results = {f'{name}_{key}': r[key] for key in keys}
+            if spec.family == 'prdc':  # the paper's release writes bare keys; ours stay as aliases
+                results = dict({key: r[key] for key in keys}, **results)
             details.update(k=spec.k, test='<' if strict else '<=', knn_mode=opts.knn_mode)
     results = _broadcast_results(results, opts)
     return dnnlib.EasyDict(results), details
@@ -145,7 +220,7 @@ def _compute(opts, spec):
 
 def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None, cache=True,
                 detector_dir=None, progress=None, G_kwargs=None, truncation_psi=1, noise_mode='random',
-                seed=0, allow_fewer_real=False, knn_mode='f64', knn_device=None, gen_memo=None):
+                seed=0, allow_fewer_real=False, knn_mode='f64', knn_device=None, gen_memo=None, num_gen=None):
     """Compute one metric of generator ``G`` against the dataset of ``dataset_kwargs``.
 
     Returns EasyDict(results=EasyDict(<name>=value, ...), metric, total_time, total_time_str,
@@ -159,7 +234,7 @@ def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=
         raise dnnlib.util.UserError(f'--metrics: unknown metric {metric!r}; valid: {", ".join(list_valid_metrics())}')
     if G is None:
         raise dnnlib.util.UserError(f'{metric}: needs a generator')
-    if dataset_kwargs is None:
+    if dataset_kwargs is None and needs_dataset(metric, G):
         raise dnnlib.util.UserError(f'{metric}: needs the dataset (--data, or training_set_kwargs in the snapshot)')
     if knn_mode not in ('f64', 'f32'):
         raise dnnlib.util.UserError(f'knn_mode: expected f64 or f32, got {knn_mode!r}')
@@ -169,8 +244,13 @@ def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=
                            cache=cache, detector_dir=detector_dir, progress=progress, G_kwargs=G_kwargs or {},
                            truncation_psi=truncation_psi, noise_mode=noise_mode, seed=seed,
                            allow_fewer_real=allow_fewer_real, knn_mode=knn_mode, knn_device=knn_device, gen_memo=gen_memo)
+    spec = _metric_dict[metric]
+    if num_gen is not None:
+        if int(num_gen) < 1:
+            raise dnnlib.util.UserError(f'num_gen: must be positive, got {num_gen}')
+        spec = dnnlib.EasyDict(spec, num_gen=int(num_gen))
     start = time.time()
-    results, details = _compute(opts, _metric_dict[metric])
+    results, details = _compute(opts, spec)
     total_time = time.time() - start
     return dnnlib.EasyDict(results=results, metric=metric, total_time=total_time,
                            total_time_str=dnnlib.util.format_time(total_time), num_gpus=num_gpus, details=details)

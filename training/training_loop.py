@@ -22,8 +22,26 @@ metrics after each network snapshot) with these deliberate differences:
 * **Snapshot tags**: ``<kimg:06d>`` as NVIDIA, except a tick whose integer kimg equals the previous
   tick's (sub-kimg ticks, or a short last tick) is tagged ``<kimg:06d>.<nimg % 1000:03d>`` so a
   snapshot never overwrites another tick's.
-* **NaN/Inf** in any loss term stops the run (``NonFiniteLossError``, step and term named); the
-  last snapshot written stays the last good one.
+* **NaN/Inf**, as NVIDIA: non-finite gradients are sanitised (``nan_to_num``) and training goes
+  on, so one fp16 overflow in an R1 or path-length step does not end a multi-day run. A step with
+  a non-finite loss term or gradient counts as *sanitised* (``Progress/sanitized_steps`` in
+  ``stats.jsonl``: the number in that tick). The run stops (``NonFiniteLossError``, terms and
+  first step named) when ``nonfinite_patience`` (10) consecutive steps were sanitised or the
+  weights themselves became non-finite. The flags live on the device and are read once every
+  ``nonfinite_patience`` steps and at each tick; no snapshot is written while a run of
+  sanitised steps is going on, so the last snapshot written is the last good one.
+* **Host syncs** on the hot path: latents and labels are drawn on the device (from a generator
+  seeded per slot), the non-finite flags ride along in the gradient all-reduce, and nothing else
+  reads a device value per step (see ``tests/test_loop_gpu.py``, which counts them).
+* **Modulated convolutions** of the trained G are unfused (``fused_modconv_default =
+  'inference_only'``, as NVIDIA's presets set it) whatever the checkpoint the architecture came
+  from says; G_ema and frozen networks in eval mode still fuse.
+* **TF32**: training networks follow ``allow_tf32`` (stylegan2-ada's ``--allow-tf32``, default off
+  as in stylegan3); frozen networks (teacher, LPIPS, face parser, detectors) run with TF32 on
+  unless ``frozen_tf32=False`` (``torch_utils.misc.frozen_network_scope``); k-NN metrics stay exact.
+* **Multi-process**: work that may download (init_fn, extra networks, loss terms) runs on each
+  node's local rank 0 first, then on the node's other ranks (``torch_utils.distributed``); an
+  exception on any rank ends the other ranks promptly with its message.
 
 Hooks for the distillation issue: ``init_fn`` (student initialisation, before the EMA copy; not
 called when resuming), ``extra_networks`` (e.g. a frozen teacher: on the device, eval, no grad, not
@@ -45,6 +63,7 @@ import psutil
 import torch
 
 import dnnlib
+from torch_utils import distributed
 from torch_utils import misc
 from torch_utils import training_stats
 from training import augment
@@ -52,7 +71,7 @@ from training import checkpoints
 from training import sample_data
 from training.loss import NonFiniteLossError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: RNG states as tensors, so the file loads with weights_only=True
 _EMA_BUFFER_REGEX = re.compile(r'.*_(avg|ema)$')
 _SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.pkl$')
 
@@ -213,18 +232,44 @@ def _broadcast_module(module):
 
 
 def _rng_state(device):
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """RNG states as tensors and plain containers, so that the state file loads with weights_only=True."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = dict(kind=str(kind), keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                       has_gauss=int(has_gauss), cached_gaussian=float(cached_gaussian))
+    state = dict(python=random.getstate(), numpy=numpy_state, torch=torch.get_rng_state())
     if device.type == 'cuda':
         state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
 def _set_rng_state(state, device):
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    random.setstate(_python_rng_state(state['python']))
+    n = state['numpy']
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
     torch.set_rng_state(state['torch'])
     if device.type == 'cuda' and 'cuda' in state:
         torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def _python_rng_state(value):
+    """``random.getstate()`` as torch.load gives it back (the tuples may come back as lists)."""
+    version, internal, gauss = value
+    return (int(version), tuple(int(x) for x in internal), gauss)
+
+
+def load_training_state(path):
+    """A ``training-state-*.pt`` file: read with ``weights_only=True`` (tensors and plain containers only)."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise dnnlib.util.UserError(f'{path}: no such file') from None
+    except Exception as e:  # weights-only refusals and corrupt files surface as several exception types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise dnnlib.util.UserError(f'{path}: not a readable training state ({first})') from None
+    if not isinstance(state, dict) or state.get('version') != STATE_VERSION:
+        version = state.get('version') if isinstance(state, dict) else type(state).__name__
+        raise dnnlib.util.UserError(f'{path}: unknown training-state version {version}')
+    return state
 
 
 def _restore_weights(resume_pkl, modules, log):
@@ -256,9 +301,79 @@ def _restore_weights(resume_pkl, modules, log):
         log(f'  not restored from {resume_pkl}: {line}')
     return data
 
+def unfused_modconv_for_training(module):
+    """Every submodule with a ``fused_modconv_default`` fuses in inference only (NVIDIA's setting).
+
+    Checkpoints converted from NVIDIA / TF / rosinality files do not carry the key, and our default
+    is True (grouped per-sample convolutions, slower to train and holding per-sample weights)."""
+    changed = 0
+    for sub in module.modules():
+        if getattr(sub, 'fused_modconv_default', None) is True:
+            sub.fused_modconv_default = 'inference_only'
+            changed += 1
+    return changed
+
+
+class NonFiniteMonitor:
+    """Device-side bookkeeping of sanitised steps; ``check()`` is the only host read."""
+
+    def __init__(self, device):
+        self.device = device
+        self.consecutive = torch.zeros([], dtype=torch.int64, device=device)
+        self.streak_start = torch.full([], -1, dtype=torch.int64, device=device)
+        self.total = torch.zeros([], dtype=torch.int64, device=device)
+        self.tick_count = torch.zeros([], dtype=torch.float32, device=device)
+        self.last_bad = dict()  # (phase, names) -> int64 [len(names)]: last step each one was non-finite
+        self._step_bad = None
+
+    def record(self, phase, names, bad, step):
+        key = (phase, tuple(names))
+        last = self.last_bad.get(key)
+        if last is None:
+            last = torch.full([len(names)], -1, dtype=torch.int64, device=self.device)
+        self.last_bad[key] = torch.where(bad, step, last)
+        any_bad = bad.any()
+        self._step_bad = any_bad if self._step_bad is None else (self._step_bad | any_bad)
+
+    def end_step(self, step):
+        if self._step_bad is None:
+            return
+        bad, self._step_bad = self._step_bad, None
+        self.consecutive = (self.consecutive + 1) * bad
+        self.streak_start = torch.where(self.consecutive == 1, step, self.streak_start)
+        self.total += bad
+        self.tick_count += bad
+
+    def check(self, modules):
+        """One host read: EasyDict(consecutive, streak_start, total, weights_finite, names)."""
+        params = [p for m in modules for p in m.parameters()]
+        weights_ok = torch.isfinite(torch.nn.utils.get_total_norm(params)) if params else torch.ones([], dtype=torch.bool)
+        parts = [torch.stack([self.consecutive, self.streak_start, self.total]).to(torch.float64),
+                 weights_ok.to(device=self.consecutive.device, dtype=torch.float64).reshape(1)]
+        parts += [v.to(torch.float64) for v in self.last_bad.values()]
+        values = torch.cat(parts).cpu().tolist()
+        out = dnnlib.EasyDict(consecutive=int(values[0]), streak_start=int(values[1]), total=int(values[2]),
+                              weights_finite=bool(values[3]), names=[])
+        pos = 4
+        for (phase, names), _v in self.last_bad.items():
+            for name, last in zip(names, values[pos:pos + len(names)]):
+                if out.streak_start >= 0 and last >= out.streak_start:
+                    out.names.append(f'{name} ({phase})')
+            pos += len(names)
+        return out
+
+    def state_dict(self):
+        return dict(consecutive=int(self.consecutive), streak_start=int(self.streak_start), total=int(self.total))
+
+    def load_state_dict(self, state):
+        self.consecutive.fill_(int(state['consecutive']))
+        self.streak_start.fill_(int(state['streak_start']))
+        self.total.fill_(int(state['total']))
+
 # ---------------------------------------------------------------------------------------------
 
 
+@distributed.stop_all_ranks_on_error
 def training_loop(
     run_dir                 = '.',      # Output directory.
     training_set_kwargs     = {},       # Options for the training set.
@@ -297,6 +412,9 @@ def training_loop(
     extra_networks          = None,     # {name: Module or spec}: frozen networks for the loss terms.
     image_grid_size         = None,     # (gw, gh) of the sample grids; None = NVIDIA's size.
     step_hooks              = None,     # [spec]: hook(cur_nimg=, batch_size=, total_kimg=, rank=) after each step, before the EMA.
+    allow_tf32              = False,    # TF32 for the trained networks (stylegan2-ada's --allow-tf32).
+    frozen_tf32             = True,     # TF32 for frozen networks (teacher, LPIPS, face parser, detectors).
+    nonfinite_patience      = 10,       # Stop after this many consecutive sanitised (non-finite) steps.
 ):
     start_time = time.time()
     if device is None:
@@ -313,8 +431,8 @@ def training_loop(
     random.seed(random_seed)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    misc.set_tf32(allow_tf32)
+    misc.set_frozen_tf32(frozen_tf32)
 
     # Training set.
     log('Loading training set...')
@@ -331,6 +449,7 @@ def training_loop(
                          img_channels=training_set.num_channels)
     G = dnnlib.util.construct_class_by_name(**_with_dataset_shape(G_kwargs, common_kwargs, 'G_kwargs')).train().requires_grad_(False).to(device)
     D = dnnlib.util.construct_class_by_name(**_with_dataset_shape(D_kwargs, common_kwargs, 'D_kwargs')).train().requires_grad_(False).to(device)
+    unfused_modconv_for_training(G)
 
     augment_pipe = None
     if augment_kwargs is not None and (augment_p > 0 or ada_target is not None):
@@ -340,27 +459,28 @@ def training_loop(
     state = None
     if resume_state is not None:
         assert resume_pkl is not None, 'resume_state needs resume_pkl'
-        state = torch.load(resume_state, map_location='cpu', weights_only=False)
-        if state.get('version') != STATE_VERSION:
-            raise dnnlib.util.UserError(f'{resume_state}: unknown training-state version {state.get("version")}')
+        state = load_training_state(resume_state)
 
     G_ema = None
     if resume_pkl is not None:
         log(f'Resuming from "{resume_pkl}"' + (f' with training state "{resume_state}"' if state else ' (weights only)'))
         G_ema = copy.deepcopy(G).eval()
-        _restore_weights(resume_pkl, dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe), log)
+        with distributed.node_leader_first(rank):
+            _restore_weights(resume_pkl, dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe), log)
         if state is None:
             log('  not restored (no training state): optimizer states, kimg/tick counters, pl_mean, ADA statistics, '
                 'RNG states, data position; they start fresh')
     else:
-        _call_spec(init_fn, G=G, D=D, training_set=training_set, device=device, rank=rank, num_gpus=num_gpus,
-                   extra_networks=None)
+        with distributed.node_leader_first(rank):
+            _call_spec(init_fn, G=G, D=D, training_set=training_set, device=device, rank=rank, num_gpus=num_gpus,
+                       extra_networks=None)
         G_ema = copy.deepcopy(G).eval()
 
     extra = dnnlib.EasyDict()
-    for name, spec in (extra_networks or dict()).items():
-        net = spec if isinstance(spec, torch.nn.Module) else _call_spec(spec, device=device)
-        extra[name] = copy.deepcopy(net).eval().requires_grad_(False).to(device)
+    with distributed.node_leader_first(rank):
+        for name, spec in (extra_networks or dict()).items():
+            net = spec if isinstance(spec, torch.nn.Module) else _call_spec(spec, device=device)
+            extra[name] = copy.deepcopy(net).eval().requires_grad_(False).to(device)
 
     # Same start on every rank.
     if num_gpus > 1:
@@ -371,12 +491,13 @@ def training_loop(
     # Loss, with its extra terms built against the networks.
     loss_kwargs = dnnlib.EasyDict(loss_kwargs)
     nets = dnnlib.EasyDict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe, training_set=training_set, **extra)
-    terms = [t if not isinstance(t, dict) else dnnlib.util.construct_class_by_name(**t, device=device, networks=nets)
-             for t in loss_kwargs.pop('terms', [])]
-    loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, augment_pipe=augment_pipe, terms=terms,
-                                               **loss_kwargs)
-    hooks = [h if not isinstance(h, dict) else dnnlib.util.construct_class_by_name(**h, device=device, networks=nets)
-             for h in (step_hooks or [])]
+    with distributed.node_leader_first(rank):
+        terms = [t if not isinstance(t, dict) else dnnlib.util.construct_class_by_name(**t, device=device, networks=nets)
+                 for t in loss_kwargs.pop('terms', [])]
+        loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, augment_pipe=augment_pipe, terms=terms,
+                                                   **loss_kwargs)
+        hooks = [h if not isinstance(h, dict) else dnnlib.util.construct_class_by_name(**h, device=device, networks=nets)
+                 for h in (step_hooks or [])]
 
     # Optimizers and phases (lazy regularisation scales lr and betas by k/(k+1)).
     phases = []
@@ -407,6 +528,7 @@ def training_loop(
     stats_lines = 0
     ada_stats = training_stats.Collector(regex='Loss/signs/real') if (augment_pipe is not None and ada_target is not None) else None
     stats_collector = training_stats.Collector(regex='.*')
+    nonfinite = NonFiniteMonitor(device)
 
     if state is not None:
         _check_config(state.get('config', {}), _config_of(locals()), log)
@@ -422,6 +544,11 @@ def training_loop(
         for term, term_state in zip(terms, state.get('terms', [])):
             if term_state is not None and hasattr(term, 'load_state_dict'):
                 term.load_state_dict(term_state)
+        for hook, hook_state in zip(hooks, state.get('hooks', [])):
+            if hook_state is not None and hasattr(hook, 'load_state_dict'):
+                hook.load_state_dict(hook_state)
+        if state.get('nonfinite') is not None:
+            nonfinite.load_state_dict(state['nonfinite'])
         cur_nimg, cur_tick, batch_idx = state['cur_nimg'], state['cur_tick'], state['batch_idx']
         tick_start_nimg, prev_tick_nimg = state['tick_start_nimg'], state['prev_tick_nimg']
         elapsed_before = state.get('elapsed_sec', 0.0)
@@ -478,6 +605,10 @@ def training_loop(
     if metrics:
         from metrics import metric_main
 
+    # Labels for the generated images, on the device once (drawn per slot by index, no host copy).
+    all_gen_c = torch.from_numpy(np.stack([training_set.get_label(i) for i in range(len(training_set))])).to(device)
+    slot_gen = torch.Generator(device=device)
+
     # Train.
     log(f'Training for {total_kimg:g} kimg...')
     log()
@@ -497,7 +628,6 @@ def training_loop(
                 img, c = next(training_set_iterator)
                 reals.append(((img.to(device).to(torch.float32) / 127.5 - 1), c.to(device)))
 
-        finite = dict()
         for phase_idx, phase in enumerate(phases):
             if batch_idx % phase.interval != 0:
                 continue
@@ -509,10 +639,9 @@ def training_loop(
             for round_idx, (real_img, real_c) in enumerate(reals):
                 slot = round_idx * num_gpus + rank
                 seed = slot_seed(random_seed, batch_idx, phase_idx, slot)
-                gen = torch.Generator().manual_seed(seed)
-                gen_z = torch.randn([batch_gpu, G.z_dim], generator=gen).to(device)
-                label_idx = torch.randint(len(training_set), [batch_gpu], generator=gen).tolist()
-                gen_c = torch.from_numpy(np.stack([training_set.get_label(i) for i in label_idx])).to(device)
+                slot_gen.manual_seed(seed)
+                gen_z = torch.randn([batch_gpu, G.z_dim], generator=slot_gen, device=device)
+                gen_c = all_gen_c[torch.randint(len(training_set), [batch_gpu], generator=slot_gen, device=device)]
                 torch.manual_seed(seed)
                 for b, b0 in zip(ema_bufs, start_bufs):
                     b.copy_(b0)
@@ -538,13 +667,22 @@ def training_loop(
                 for p, g in zip(params, grad_sum):
                     p.grad = g
 
-            # Sum gradients and running-average updates over ranks, then step.
+            # Sum gradients, running-average updates and the loss terms' non-finite flags over ranks
+            # (one all-reduce), sanitise the gradients as NVIDIA does, then step.
             params = [p for p in phase.module.parameters() if p.grad is not None]
             pieces = [p.grad.flatten() for p in params] + [d.flatten() for d in deltas]
+            flags = loss.pop_finite_flags()
+            names = sorted(flags)
+            if names:
+                pieces.append(torch.stack([flags[n] for n in names]).logical_not().to(pieces[0].dtype if pieces else torch.float32))
             if pieces:
                 flat = torch.cat(pieces)
                 if num_gpus > 1:
                     torch.distributed.all_reduce(flat)
+                num_values = flat.numel() - len(names)
+                values_finite = torch.isfinite(flat[:num_values].sum())  # NaN/Inf anywhere makes the sum non-finite
+                nonfinite.record(phase.name, names + ['gradients'],
+                                 torch.cat([flat[num_values:] > 0, values_finite.logical_not().reshape(1)]), batch_idx)
                 torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
                 chunks = flat.split([t.numel() for t in pieces])
                 for p, g in zip(params, chunks[:len(params)]):
@@ -552,28 +690,10 @@ def training_loop(
                 for b, b0, d in zip(ema_bufs, start_bufs, chunks[len(params):]):
                     b.copy_(b0 + d.reshape(b.shape))
             phase.opt.step()
-            for name, flag in loss.pop_finite_flags().items():
-                finite[(phase.name, name)] = flag
             if device.type != 'cuda':  # on CUDA this would need events or a sync; tick timings cover it
                 training_stats.report('Timing/' + phase.name, time.perf_counter() - t0)
 
-        # Stop on NaN/Inf in any loss (one host sync per step; all ranks agree).
-        if finite:
-            keys = sorted(finite)
-            bad = torch.stack([(~finite[k]).to(torch.float32) for k in keys])
-            if num_gpus > 1:
-                torch.distributed.all_reduce(bad)
-            bad = bad.cpu()
-            if bad.any():
-                names = ', '.join(f'{term} ({phase_name})' for (phase_name, term), b in zip(keys, bad) if b > 0)
-                msg = (f'non-finite loss at step {batch_idx} (kimg {cur_nimg / 1000:g}): {names}; '
-                       f'last good snapshot: {last_snapshot or "none"}')
-                log(msg)
-                if stats_jsonl is not None:
-                    stats_jsonl.close()
-                if stats_tfevents is not None:
-                    stats_tfevents.close()
-                raise NonFiniteLossError(msg)
+        nonfinite.end_step(batch_idx)
 
         # Step hooks (e.g. weight projections of ablations); identical on every rank.
         for hook in hooks:
@@ -600,7 +720,28 @@ def training_loop(
                              ada_target=ada_target, ada_kimg=ada_kimg)
 
         done = cur_nimg >= total_kimg * 1000
-        if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
+        tick_due = done or cur_tick == 0 or cur_nimg >= tick_start_nimg + kimg_per_tick * 1000
+
+        # Non-finite values: read the device flags every `nonfinite_patience` steps and at each tick
+        # (identical on every rank: the flags went through the all-reduce).
+        if tick_due or batch_idx % nonfinite_patience == 0:
+            health = nonfinite.check([G, D])
+            problem = None
+            if not health.weights_finite:
+                problem = f'non-finite weights after step {batch_idx - 1} (kimg {cur_nimg / 1000:g})'
+            elif health.consecutive >= nonfinite_patience:
+                problem = (f'non-finite values in {health.consecutive} consecutive steps from step {health.streak_start} '
+                           f'(kimg {health.streak_start * batch_size / 1000:g}), gradients sanitised')
+            if problem is not None:
+                named = f': {", ".join(health.names)}' if health.names else ''
+                msg = f'{problem}{named}; last good snapshot: {last_snapshot or "none"}'
+                log(msg)
+                if stats_jsonl is not None:
+                    stats_jsonl.close()
+                if stats_tfevents is not None:
+                    stats_tfevents.close()
+                raise NonFiniteLossError(msg)
+        if not tick_due:
             continue
 
         # Tick: progress line.
@@ -622,6 +763,8 @@ def training_loop(
             fields += [f"reserved {training_stats.report0('Resources/peak_gpu_mem_reserved_gb', torch.cuda.max_memory_reserved(device) / 2**30):<6.2f}"]
             torch.cuda.reset_peak_memory_stats()
         fields += [f"augment {training_stats.report0('Progress/augment', float(augment_pipe.p.cpu()) if augment_pipe is not None else 0):.3f}"]
+        training_stats.report0('Progress/sanitized_steps', nonfinite.tick_count)
+        nonfinite.tick_count = torch.zeros_like(nonfinite.tick_count)
         training_stats.report0('Timing/total_hours', (tick_end_time - start_time) / (60 * 60))
         training_stats.report0('Timing/total_days', (tick_end_time - start_time) / (24 * 60 * 60))
         log(' '.join(fields))
@@ -641,7 +784,11 @@ def training_loop(
         # Network snapshot.
         snapshot_pkl = None
         snapshot_data = None
-        if network_snapshot_ticks and (done or cur_tick % network_snapshot_ticks == 0):
+        snapshot_due = network_snapshot_ticks and (done or cur_tick % network_snapshot_ticks == 0)
+        if snapshot_due and not done and health.consecutive > 0:
+            snapshot_due = False  # in a run of sanitised steps: the previous snapshot stays the last good one
+            log(f'  no snapshot: the last {health.consecutive} steps had non-finite values (sanitised)')
+        if snapshot_due:
             snapshot_data = dict(training_set_kwargs=dict(training_set_kwargs))
             for name, module in [('G', G), ('D', D), ('G_ema', G_ema), ('augment_pipe', augment_pipe)]:
                 if module is not None:
@@ -662,8 +809,8 @@ def training_loop(
                 result_dict = metric_main.calc_metric(metric=metric, G=snapshot_data['G_ema'],
                                                       dataset_kwargs=training_set_kwargs, num_gpus=num_gpus,
                                                       rank=rank, device=device)
-                if is_main:
-                    metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=cur_nimg / 1000)
+                if is_main:  # NVIDIA's JSON line, printed (train.py tees stdout into log.txt) and in metric-*.jsonl
+                    log(metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=cur_nimg / 1000))
                 stats_metrics.update(result_dict.results)
         del snapshot_data
 
@@ -690,6 +837,7 @@ def training_loop(
         if snapshot_pkl is not None:
             ada_state = ada_stats.state_dict() if ada_stats is not None else None
             stats_state = stats_collector.state_dict()  # kept-previous values; nothing pending here
+            nonfinite_state = nonfinite.state_dict()
             if is_main:
                 train_state = dict(
                     version=STATE_VERSION,
@@ -700,6 +848,8 @@ def training_loop(
                     ada_stats=ada_state,
                     stats=stats_state,
                     terms=[term.state_dict() if hasattr(term, 'state_dict') else None for term in terms],
+                    hooks=[hook.state_dict() if hasattr(hook, 'state_dict') else None for hook in hooks],
+                    nonfinite=nonfinite_state,
                     cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx,
                     tick_start_nimg=cur_nimg, prev_tick_nimg=cur_nimg,
                     elapsed_sec=time.time() - start_time,
