@@ -3,6 +3,7 @@
 Name-compatible with NVIDIA's ``dnnlib.util`` where official pickles and tools rely on it
 (``EasyDict``, ``open_url``, ``construct_class_by_name``).
 """
+import errno
 import hashlib
 import importlib
 import io
@@ -90,6 +91,8 @@ def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=
     # Plain paths and file:// URLs.
     if not is_url(url) or url.startswith('file://'):
         path = _local_path_from_file_url(url) if url.startswith('file://') else url
+        if os.path.isdir(path):
+            raise UserError(f'{path}: is a directory, expected a file')
         if not os.path.isfile(path):
             if is_url(url, allow_file_urls=True) or '://' in url:
                 raise UserError(f'{url}: no such file')
@@ -131,11 +134,7 @@ def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=
         raise UserError(f'{url}: cannot download ({type(last_error).__name__}: {last_error}) and no cached copy at {cache_file}')
 
     if cache:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f'{cache_file}.tmp.{os.getpid()}'
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, cache_file)
+        atomic_write_bytes(cache_file, data)
         if return_filename:
             return cache_file
     if return_filename:
@@ -158,6 +157,71 @@ def get_module_from_obj_name(obj_name):
     raise ImportError(obj_name)
 
 
+# Names that ``construct_class_by_name`` / ``call_func_by_name`` may resolve. They reach us from
+# files (training_options.json, a snapshot's training_set_kwargs, a YAML config), so only public
+# classes and functions defined in these modules of ours qualify (``training.dataset``: dataset
+# classes only), plus torch's optimizers. A new module of ours whose names travel in option
+# files is added here.
+ALLOWED_NAME_MODULES = ('training.networks_stylegan2', 'training.networks_stylegan3', 'training.augment',
+                        'training.loss', 'training.distill', 'training.student_init', 'training.dataset')
+DATASET_MODULE = 'training.dataset'
+
+
+def check_allowed_name(name, where='class_name', datasets_only=False):
+    """The object ``name`` stands for, if it is on the allow-list; else a one-line ``UserError``.
+
+    Resolution never imports more than the named module of the allow-list and never walks
+    attributes: ``training.dataset.os.system`` or ``torch.hub.load`` are refused before any import.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+', name):
+        raise UserError(f'{where}: {name!r} is not a dotted class or function name')
+    module_name, _, local = name.rpartition('.')
+    modules = (DATASET_MODULE,) if datasets_only else ALLOWED_NAME_MODULES
+    obj = None
+    if module_name in modules and not local.startswith('_'):
+        module = importlib.import_module(module_name)
+        obj = module.__dict__.get(local)
+        orig = obj.__mro__[1] if isinstance(obj, type) and len(obj.__mro__) > 1 and obj.__module__ == 'torch_utils.persistence' else obj
+        if getattr(orig, '__module__', None) != module_name or not callable(obj):
+            obj = None
+        elif module_name == DATASET_MODULE and not (isinstance(obj, type) and hasattr(obj, '__getitem__')):
+            obj = None
+    elif module_name == 'torch.optim' and not datasets_only and not local.startswith('_'):
+        import torch
+        obj = getattr(torch.optim, local, None)
+        if not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)):
+            obj = None
+    if obj is None:
+        what = f'a dataset class of {DATASET_MODULE}' if datasets_only else 'one of our classes or functions'
+        raise UserError(f'{where}: refusing {name!r}: not {what} (names read from files must be on the allow-list '
+                        f'in dnnlib/util.py)')
+    return obj
+
+
+def check_allowed_names(value, where='options'):
+    """Check every ``class_name`` / ``func_name`` in a nested structure of dicts and lists."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ('class_name', 'func_name'):
+                check_allowed_name(item, f'{where}.{key}')
+            else:
+                check_allowed_names(item, f'{where}.{key}')
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_allowed_names(item, f'{where}[{i}]')
+
+
+def check_dataset_kwargs(kwargs, where='training_set_kwargs'):
+    """Dataset kwargs read from a file: a dict whose class_name is a dataset class of ours."""
+    if not isinstance(kwargs, dict):
+        raise UserError(f'{where}: expected a dict of dataset options, found {type(kwargs).__name__}')
+    check_allowed_name(kwargs.get('class_name'), f'{where}.class_name', datasets_only=True)
+    for key in kwargs:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise UserError(f'{where}: {key!r} is not an option name')
+    return kwargs
+
+
 def get_obj_by_name(name):
     module, local = get_module_from_obj_name(name)
     obj = module
@@ -165,6 +229,9 @@ def get_obj_by_name(name):
         obj = getattr(obj, part)
     return obj
 
+
+# The three below resolve any name, as NVIDIA's do, for specs written in code. A name read from a
+# file goes through check_allowed_name / check_allowed_names / check_dataset_kwargs first.
 
 def call_func_by_name(*args, func_name=None, **kwargs):
     assert func_name is not None
@@ -194,48 +261,101 @@ def _umask_mode():
     return 0o666 & ~mask
 
 
+TEMP_SUFFIX = '.tmp'
+
+
+def _temp_name(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    return folder, '.' + os.path.basename(path) + '.'
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, 'wb') as f:
+        f.write(data)
 
 
 class atomic_open:
-    """``with atomic_open(path, 'wb') as f:`` writes to a temporary name, renamed on success."""
+    """``with atomic_open(path, 'wb') as f:`` writes to a temporary name, renamed on success.
+
+    The temporary (``.<name>.<random>.tmp`` beside ``path``) is removed whenever anything fails,
+    including the final flush/close (a full disk) or the rename; ``remove_stale_temporaries``
+    removes those a killed process left behind.
+    """
 
     def __init__(self, path, mode='wb'):
         assert 'w' in mode
         self.path, self.mode = path, mode
+        self.tmp = None
 
     def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix='.' + os.path.basename(self.path) + '.', suffix='.tmp', dir=folder)
-        self.f = os.fdopen(fd, self.mode)
+        folder, prefix = _temp_name(self.path)
+        if os.path.isdir(self.path):
+            raise UserError(f'{self.path}: is a directory, expected a file name')
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
+        except OSError as e:
+            raise UserError(f'{self.path}: cannot write here ({e.strerror or e})') from None
+        try:
+            self.f = os.fdopen(fd, self.mode)
+        except BaseException:
+            os.close(fd)
+            self._discard()
+            raise
         return self.f
 
+    def _discard(self):
+        try:
+            if self.tmp is not None and os.path.lexists(self.tmp):
+                os.remove(self.tmp)
+        except OSError:
+            pass
+
     def __exit__(self, exc_type, exc, tb):
-        self.f.close()
-        if exc_type is None:
-            os.chmod(self.tmp, _umask_mode())
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        try:
+            self.f.close()
+            if exc_type is None:
+                os.chmod(self.tmp, _umask_mode())
+                os.replace(self.tmp, self.path)
+                self.tmp = None
+        finally:
+            self._discard()
         return False
 
 
+def remove_stale_temporaries(folder):
+    """Remove the ``.<name>.<random>.tmp`` files that ``atomic_open`` leaves when a process is killed.
+
+    Only names of that exact shape whose target name does not start with a dot are touched;
+    returns the names removed.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        m = re.fullmatch(r'\.([^.].*)\.[A-Za-z0-9_]{8}\.tmp', name)
+        if m and os.path.isfile(os.path.join(folder, name)):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+_DISK_ERRNOS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
+                errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
+                errno.EPERM: 'operation not permitted', errno.EFBIG: 'file too large', errno.EIO: 'input/output error'}
+
+
 def exit_on_user_error(fn):
-    """Decorator for CLI entry points: a ``UserError`` becomes one line on stderr and exit 1."""
+    """Decorator for CLI entry points: expected failures become one line on stderr.
+
+    ``UserError``, a full disk, a read-only or unwritable path: ``error: ...`` and exit 1.
+    Ctrl-C: ``interrupted`` and exit 130 (as a shell reports SIGINT). Anything else is a bug and
+    keeps its traceback.
+    """
     import functools
 
     @functools.wraps(fn)
@@ -245,4 +365,13 @@ def exit_on_user_error(fn):
         except UserError as e:
             print(f'error: {e}', file=sys.stderr)
             sys.exit(1)
+        except OSError as e:
+            if e.errno not in _DISK_ERRNOS:
+                raise
+            name = f'{e.filename}: ' if e.filename else ''
+            print(f'error: {name}{_DISK_ERRNOS[e.errno]}', file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print('interrupted', file=sys.stderr)
+            sys.exit(130)
     return wrapper
