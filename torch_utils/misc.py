@@ -237,3 +237,40 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
         print('  '.join(cell + ' ' * (width - len(cell)) for cell, width in zip(row, widths)))
     print()
     return outputs
+
+# ---------------------------------------------------------------------------------------------
+# TF32. NVIDIA's loops turn it off for training (stylegan2-ada: ``--allow-tf32``, default off;
+# stylegan3: always off). Frozen networks (teacher, LPIPS VGG16, face parser, metric detectors)
+# need no exact gradients, so they run with TF32 on unless the user says no (``frozen_tf32``).
+# The k-NN metrics force exact float32 themselves (``metrics/knn.py``). Only the two
+# ``allow_tf32`` flags change: they act on CUDA alone, CPU results stay bit-identical.
+
+_frozen_tf32 = True
+
+
+def set_tf32(allow):
+    """Set the process-wide TF32 flags of matmuls and cuDNN convolutions (training networks)."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(allow)
+    torch.backends.cudnn.allow_tf32 = bool(allow)
+
+
+def set_frozen_tf32(allow):
+    """Whether ``frozen_network_scope`` enables TF32 (default True)."""
+    global _frozen_tf32
+    _frozen_tf32 = bool(allow)
+
+
+@contextlib.contextmanager
+def tf32_scope(allow):
+    """TF32 flags set to ``allow`` for the duration, restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    set_tf32(allow)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def frozen_network_scope():
+    """Where a frozen network runs: TF32 on (unless ``set_frozen_tf32(False)``)."""
+    return tf32_scope(_frozen_tf32)

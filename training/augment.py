@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_utils import misc
 from torch_utils import persistence
 from torch_utils.ops import upfirdn2d
 
@@ -57,7 +58,9 @@ augpipe_specs = {
 
 
 def _matrix(rows, device):
-    entries = [torch.as_tensor(x, dtype=torch.float32, device=device) for row in rows for x in row]
+    # Python numbers become cached device constants: no host-to-device copy per call.
+    entries = [x if isinstance(x, torch.Tensor) else misc.constant(x, dtype=torch.float32, device=device)
+               for row in rows for x in row]
     batch_shape = torch.broadcast_shapes(*[e.shape for e in entries])
     stacked = torch.stack([e.expand(batch_shape) for e in entries], dim=-1)
     return stacked.reshape(*batch_shape, len(rows), len(rows[0]))
@@ -254,7 +257,7 @@ class AugmentPipe(torch.nn.Module):
         """Colour matrix per image ([batch, 4, 4], acting on homogeneous RGB)."""
         C = torch.eye(4, device=device)
         chosen = torch.zeros([], dtype=torch.bool, device=device)
-        luma = torch.tensor([1, 1, 1, 0], dtype=torch.float32, device=device) / math.sqrt(3)
+        luma = misc.constant([1, 1, 1, 0], dtype=torch.float32, device=device) / math.sqrt(3)
         luma_outer = torch.outer(luma, luma)  # projection onto the luma axis
 
         if self.brightness > 0:
@@ -293,7 +296,7 @@ class AugmentPipe(torch.nn.Module):
         """Per-image gains of the frequency bands ([batch, num_bands])."""
         num_bands = self.Hz_fbank.shape[0]
         assert len(self.imgfilter_bands) == num_bands
-        expected_power = torch.tensor([10, 1, 1, 1], dtype=torch.float32, device=device) / 13  # of natural images
+        expected_power = misc.constant([10, 1, 1, 1], dtype=torch.float32, device=device) / 13  # of natural images
         chosen = torch.zeros([], dtype=torch.bool, device=device)
         g = torch.ones([batch_size, num_bands], device=device)
         for band, band_strength in enumerate(self.imgfilter_bands):
@@ -322,21 +325,29 @@ class AugmentPipe(torch.nn.Module):
 
     # -- execution --------------------------------------------------------------------------
 
-    def _apply_geometry(self, images, G_inv):
+    def _geometry_margin(self, G_inv, width, height, device):
+        """Reflect padding [left, top, right, bottom] that covers the area the transformed image
+        samples from, as a float tensor (read on the host together with the stage flags)."""
+        pad = self.Hz_geom.shape[0] // 4  # filter support, in low-resolution pixels
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        corners = misc.constant([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]], dtype=torch.float32, device=device)
+        corners = G_inv @ corners.t()  # [batch, xyz, corner]
+        xy = corners[:, :2, :].permute(1, 0, 2).flatten(1)  # [xy, batch * corner]
+        extent = torch.cat([-xy, xy]).max(dim=1).values  # [left, top, right, bottom]
+        extent = extent + misc.constant([pad * 2 - cx, pad * 2 - cy] * 2, dtype=torch.float32, device=device)
+        extent = extent.clamp(min=0)
+        extent = torch.minimum(extent, misc.constant([width - 1, height - 1] * 2, dtype=torch.float32, device=device))
+        return extent.ceil()
+
+    def _apply_geometry(self, images, G_inv, margin=None):
         batch_size, num_channels, height, width = images.shape
         device = images.device
         pad = self.Hz_geom.shape[0] // 4  # filter support, in low-resolution pixels
 
         # Reflect-pad just enough to cover the area the transformed image samples from.
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        corners = torch.tensor([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]], device=device)
-        corners = G_inv @ corners.t()  # [batch, xyz, corner]
-        xy = corners[:, :2, :].permute(1, 0, 2).flatten(1)  # [xy, batch * corner]
-        extent = torch.cat([-xy, xy]).max(dim=1).values  # [left, top, right, bottom]
-        extent = extent + torch.tensor([pad * 2 - cx, pad * 2 - cy] * 2, device=device)
-        extent = extent.clamp(min=0)
-        extent = torch.minimum(extent, torch.tensor([width - 1, height - 1] * 2, dtype=torch.float32, device=device))
-        mx0, my0, mx1, my1 = [int(v) for v in extent.ceil().tolist()]
+        if margin is None:
+            margin = self._geometry_margin(G_inv, width, height, device).tolist()
+        mx0, my0, mx1, my1 = [int(v) for v in margin]
         images = F.pad(input=images, pad=[mx0, mx1, my0, my1], mode='reflect')
         G_inv = translate2d((mx0 - mx1) / 2, (my0 - my1) / 2, device) @ G_inv
 
@@ -395,11 +406,14 @@ class AugmentPipe(torch.nn.Module):
         device = images.device
 
         # Draw every random quantity first (in NVIDIA's order; the execution below draws none),
-        # then find out with one device sync which stages have anything to do.
+        # then find out with one device sync which stages have anything to do (and, with the same
+        # read, the geometric stage's padding).
         stages = []
+        margin = None
         if any(getattr(self, k) > 0 for k in augpipe_specs['bg']):
             G_inv, chosen = self._draw_geometry(batch_size, width, height, device)
-            stages.append((lambda x, G_inv=G_inv: self._apply_geometry(x, G_inv), chosen))
+            margin = self._geometry_margin(G_inv, width, height, device)
+            stages.append((lambda x, G_inv=G_inv: self._apply_geometry(x, G_inv, host_margin), chosen))
         if any(getattr(self, k) > 0 for k in augpipe_specs['color']):
             C, chosen = self._draw_color(batch_size, num_channels, device)
             stages.append((lambda x, C=C: self._apply_color(x, C), chosen))
@@ -415,7 +429,9 @@ class AugmentPipe(torch.nn.Module):
         if not stages:
             return images
 
-        active = torch.stack([chosen for _fn, chosen in stages]).tolist()
+        flags = torch.stack([chosen for _fn, chosen in stages]).to(torch.float32)
+        values = (flags if margin is None else torch.cat([flags, margin])).tolist()
+        active, host_margin = values[:len(stages)], values[len(stages):]
         for (apply, _chosen), on in zip(stages, active):
             if on:
                 images = apply(images)
