@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import dnnlib
+import dnnlib.cli
 import svs
 from pruning import channels, flops, scorers
 from svs import spectra
@@ -65,7 +66,8 @@ def check_outdir(outdir, names, overwrite):
 
 
 def write_json(path, obj):
-    dnnlib.util.atomic_write_bytes(path, (json.dumps(obj, indent=2) + '\n').encode('utf-8'))
+    text = json.dumps(dnnlib.util.strict_json(obj), indent=2, allow_nan=False)  # NaN -> null: strict parsers read it
+    dnnlib.util.atomic_write_bytes(path, (text + '\n').encode('utf-8'))
 
 
 def setup_distributed():
@@ -112,7 +114,7 @@ def print_stats(teacher, student):
 def prune(network, outdir, method='dcp', ratio=0.7, mask='uniform', face_parser=None, svs_fn='none',
           svs_include=None, svs_exclude=None, n_samples=None, batch=None, seed=0, global_ranking=False,
           alpha=10.0, n_directions=10, pca_samples=10000, grad_through_perturbed=False, noise_mode='random',
-          noise_prob=0.05, truncation_psi=1.0, compensate_torgb=True, device=None, allow_tf32=False,
+          noise_prob=0.05, truncation_psi=1.0, compensate_torgb=False, device=None, allow_tf32=False,
           allow_code=False, overwrite=False, progress=True):
     """Score, select, slice, (SVS), and write the outputs; returns the pruning.json dict."""
     from training.checkpoints import load_network, save_snapshot
@@ -130,7 +132,7 @@ def prune(network, outdir, method='dcp', ratio=0.7, mask='uniform', face_parser=
     batch = defaults.get('batch') if batch is None else batch
 
     dist_device = setup_distributed()
-    device = torch.device(device) if device is not None else (dist_device or scorers.default_device())
+    device = dnnlib.cli.check_device(device) if device is not None else (dist_device or scorers.default_device())
     rank, world = scorers.dist_info()
     set_tf32(allow_tf32)
     parser = None
@@ -139,6 +141,8 @@ def prune(network, outdir, method='dcp', ratio=0.7, mask='uniform', face_parser=
         parser = load_parser(mask, face_parser, None, device)
 
     data = load_network(network, allow_code=allow_code, device='cpu')
+    if data.training_set_kwargs is not None:  # copied into student.pkl: must name one of our datasets
+        dnnlib.util.check_dataset_kwargs(data.training_set_kwargs, f'{network}: training_set_kwargs')
     teacher = data.G_ema
     family = channels.generator_family(teacher)
     groups = channels.channel_groups(teacher)
@@ -228,7 +232,7 @@ def svs_snapshot(network, outdir, fn='sqrt', include=None, exclude=None, force=F
 @click.option('--network', 'network', metavar='PATH|URL', help='Teacher network (any checkpoint load_network reads)')
 @click.option('--outdir', metavar='DIR', help='Where to write student.pkl, pruning.json, spectra.png')
 @click.option('--method', type=click.Choice(scorers.METHODS), default='dcp', show_default=True, help='Channel scorer')
-@click.option('--ratio', type=float, default=0.7, show_default=True, help='Fraction of channels removed per layer, in (0, 1)')
+@click.option('--ratio', type=dnnlib.cli.FiniteFloat(), default=0.7, show_default=True, help='Fraction of channels removed per layer, in (0, 1)')
 @click.option('--mask', type=click.Choice(['uniform', 'face']), default='uniform', show_default=True, help='cagan content mask (face: BiSeNet face parsing)')
 @click.option('--face-parser', metavar='PATH|URL', help='BiSeNet checkpoint 79999_iter.pth for --mask face')
 @click.option('--svs', 'svs_fn', default='none', show_default=True, metavar='FN', help=f'SVS of the student: {", ".join(SVS_CHOICES)}')
@@ -238,14 +242,15 @@ def svs_snapshot(network, outdir, fn='sqrt', include=None, exclude=None, force=F
 @click.option('--batch', type=int, help='Batch size for scoring [dcp 5, cagan/gs 8]')
 @click.option('--seed', type=int, default=0, show_default=True, help='Random seed of the scorer')
 @click.option('--global-ranking', is_flag=True, help='Rank channels across all layers (scores normalised per layer)')
-@click.option('--alpha', type=float, default=10.0, show_default=True, help='dcp: edit strength along PCA directions')
+@click.option('--alpha', type=dnnlib.cli.FiniteFloat(), default=10.0, show_default=True, help='dcp: edit strength along PCA directions')
 @click.option('--n-directions', type=int, default=10, show_default=True, help='dcp: directions per batch')
 @click.option('--pca-samples', type=int, default=10000, show_default=True, help='dcp: latents for the PCA of W')
 @click.option('--grad-through-perturbed', is_flag=True, help='dcp: keep the perturbed pass in the graph (DCP-GAN main branch)')
 @click.option('--noise-mode', type=click.Choice(['random', 'const', 'none']), default='random', show_default=True, help='dcp: noise inputs of the two passes')
-@click.option('--truncation-psi', type=float, default=1.0, show_default=True, help='dcp: truncation of w and w\' (DCP-GAN main)')
-@click.option('--noise-prob', type=float, default=0.05, show_default=True, help='cagan: salt-and-pepper probability')
-@click.option('--no-torgb-compensation', is_flag=True, help='Do not rescale toRGB weights by sqrt(C\'/C) (the official code does not)')
+@click.option('--truncation-psi', type=dnnlib.cli.FiniteFloat(), default=1.0, show_default=True, help='dcp: truncation of w and w\' (DCP-GAN main)')
+@click.option('--noise-prob', type=dnnlib.cli.FiniteFloat(), default=0.05, show_default=True, help='cagan: salt-and-pepper probability')
+@click.option('--torgb-compensation', 'torgb_compensation', is_flag=True, help='Ours, not the paper\'s: rescale the kept toRGB (and resnet skip) weights by sqrt(C\'/C), so that the student equals the dense teacher with the removed channels zeroed [default: slice only, as the official code]')
+@click.option('--no-torgb-compensation', 'no_torgb_compensation', is_flag=True, hidden=True, help='Accepted for old command lines; slicing only is the default')
 @click.option('--device', help='Device for scoring [cuda if available, else cpu]')
 @click.option('--allow-tf32', is_flag=True, help='Allow TF32 matmuls/convolutions on Ampere+ GPUs (faster, less exact)')
 @click.option('--allow-code', is_flag=True, help='Execute the source embedded in the teacher pickle (trusted files only)')
@@ -261,7 +266,9 @@ def main(ctx, **kw):
     for name in ('network', 'outdir'):
         if not kw[name]:
             raise click.UsageError(f'Missing option --{name}')
-    kw['compensate_torgb'] = not kw.pop('no_torgb_compensation')
+    if kw.pop('no_torgb_compensation') and kw['torgb_compensation']:
+        raise click.UsageError('--torgb-compensation and --no-torgb-compensation contradict each other')
+    kw['compensate_torgb'] = kw.pop('torgb_compensation')
     prune(**kw)
 
 

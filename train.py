@@ -55,9 +55,12 @@ import click
 import torch
 
 import dnnlib
+import dnnlib.cli
 import svs
 from torch_utils import training_stats
+from training import config_meta
 from training import presets
+from training import run_folder
 from training import student_init
 from training import training_loop
 
@@ -169,6 +172,10 @@ def open_dataset(data, cond=False, subset=None, mirror=False, seed=0):
     kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True,
                              max_size=None, xflip=False)
     dataset = dnnlib.util.construct_class_by_name(**kwargs)
+    if dataset.num_channels not in (1, 3):  # as NVIDIA's loop: grids, metrics and augment know gray and RGB only
+        kind = {2: 'grayscale + alpha', 4: 'RGBA'}.get(dataset.num_channels, f'{dataset.num_channels}-channel')
+        raise dnnlib.util.UserError(f'--data: {data} has {kind} images; training needs grayscale or RGB '
+                                    f'(drop the alpha channel, e.g. convert the images to RGB)')
     kwargs.resolution = dataset.resolution
     kwargs.use_labels = bool(cond)
     if cond and not dataset.has_labels:
@@ -301,8 +308,15 @@ def resolve_resume(c, resume):
         c.ema_rampup = None
 
 
-def launch_training(c, run_dir, dry_run=False, new_run=True):
-    """Print the options, create the run directory, run 1..N processes (spawn or torchrun)."""
+def _precision_text(kwargs):
+    p = student_init.precision_of(kwargs)
+    return (f'fp16 in the {p["num_fp16_res"]} highest-resolution blocks' if p['num_fp16_res'] else 'fp32') + \
+        f', conv_clamp {p["conv_clamp"]}'
+
+
+def launch_training(c, run_dir, dry_run=False, new_run=True, meta=None):
+    """Print the options, create the run directory, run 1..N processes (spawn or torchrun).
+    ``meta``: the config's ``paper``/``prune`` blocks, printed (one JSON line each) after the summary."""
     c.run_dir = run_dir
     tr = _torchrun_env()
     rank = 0 if tr is None else tr[0]
@@ -319,18 +333,34 @@ def launch_training(c, run_dir, dry_run=False, new_run=True):
         print(f'Dataset resolution:  {c.training_set_kwargs.resolution}')
         print(f'Dataset labels:      {c.training_set_kwargs.use_labels}')
         print(f'Dataset x-flips:     {c.training_set_kwargs.xflip}')
+        print(f'G precision:         {_precision_text(c.G_kwargs)}')
+        print(f'D precision:         {_precision_text(c.D_kwargs)}')
+        if (meta or {}).get('paper') is not None:
+            print(f'Paper row:           {json.dumps(meta.paper)}')
+        if (meta or {}).get('prune') is not None:
+            print(f'Student made by:     {json.dumps(meta.prune)}')
         print()
     if dry_run:
         print('Dry run; exiting.')
         return
-    if rank == 0:
-        if new_run and os.path.exists(run_dir):
-            raise dnnlib.util.UserError(f'--outdir: {run_dir} already exists')
-        os.makedirs(run_dir, exist_ok=True)
+    if rank != 0:
+        return _launch_processes(c, tr)
+    if new_run and os.path.exists(run_dir):
+        raise dnnlib.util.UserError(f'--outdir: {run_dir} already exists')
+    dnnlib.cli.check_output_dir(run_dir, '--outdir')
+    os.makedirs(run_dir, exist_ok=True)
+    # One process per run folder; a new run that fails before its first snapshot leaves no folder.
+    with run_folder.removed_on_failure(run_dir, enabled=new_run), run_folder.locked(run_dir):
+        stale = dnnlib.util.remove_stale_temporaries(run_dir)
+        if stale:
+            print(f'Removed {len(stale)} temporary file(s) a killed run left behind: {", ".join(stale)}')
         with dnnlib.util.atomic_open(os.path.join(run_dir, 'training_options.json'), 'wt') as f:
             json.dump(c, f, indent=2)
         print('Launching processes...')
+        _launch_processes(c, tr)
 
+
+def _launch_processes(c, tr):
     if tr is not None:
         rank, world, local_rank = tr
         c.num_gpus = world
@@ -425,14 +455,17 @@ def add_distillation(c, opts, desc):
     student_data = student_init.load_generators(o.student, '--student') if o.student is not None else teacher_data
     student_init.check_student(teacher, student_data.G, o.init, pruning=student_data.pruning,
                                student_path=f'--student {o.student}' if o.student else '--teacher')
-    c.G_kwargs = student_init.generator_kwargs(student_data.G, fp32=o.fp32)
+    # Precision comes from the options (preset, --fp32), as NVIDIA's train.py, not from the checkpoint;
+    # the official code builds student, teacher and D with num_fp16_res=4, conv_clamp=256 for every cfg.
+    precision = student_init.precision_of(c.G_kwargs)
+    c.G_kwargs = student_init.generator_kwargs(student_data.G, precision=precision)
 
     # Discriminator: the pickle's (CAGAN), or dense from the teacher's widths, from scratch.
     if teacher_d:
         D_src = student_data.D if student_data.D is not None else teacher_data.D
         if D_src is None:
             raise dnnlib.util.UserError(f'--teacher-d: neither {o.student or o.teacher} nor {o.teacher} holds a discriminator')
-        c.D_kwargs = student_init.generator_kwargs(D_src, fp32=o.fp32)
+        c.D_kwargs = student_init.generator_kwargs(D_src, precision=student_init.precision_of(c.D_kwargs))
         if c.D_kwargs.get('img_resolution') != res:
             raise dnnlib.util.UserError(f'--teacher-d: the discriminator is for {c.D_kwargs.get("img_resolution")} px, not {res}')
     else:
@@ -471,7 +504,7 @@ def add_distillation(c, opts, desc):
             lpips_vgg=lpips_vgg if ('lpips' in teacher_terms or 'vgg' in teacher_terms) else None,
             lpips_lin=lpips_lin if 'lpips' in teacher_terms else None))
         c.extra_networks = dict(teacher=dict(func_name='training.distill.load_teacher', path=o.teacher,
-                                             force_fp32=bool(o.fp32)))
+                                             precision=precision))
     if 'sparse' in active:
         c.loss_kwargs.terms.append(dict(class_name='training.distill.StyleSparsityTerm', eta=weights['sparse']))
 
@@ -482,7 +515,8 @@ def add_distillation(c, opts, desc):
 
 def apply_config(opts, path, ctx):
     """Fill ``opts`` from a YAML file whose keys are option names ('-' or '_'); options given on the
-    command line win. Values go through the options' own click types."""
+    command line win. Values go through the options' own click types. The metadata blocks
+    ``paper:`` and ``prune:`` (training/config_meta.py) are checked and returned, not applied."""
     import yaml
     try:
         with open(path, 'rt') as f:
@@ -491,9 +525,12 @@ def apply_config(opts, path, ctx):
         raise dnnlib.util.UserError(f'--config: {path}: cannot read it ({e.strerror})') from None
     except yaml.YAMLError as e:
         raise dnnlib.util.UserError(f'--config: {path}: not valid YAML ({str(e).splitlines()[0]})') from None
+    except UnicodeDecodeError:
+        raise dnnlib.util.UserError(f'--config: {path}: not a text file (expected YAML)') from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise dnnlib.util.UserError(f'--config: {path}: expected a mapping of option names to values')
+    data, meta = config_meta.split_config(data, f'--config: {path}')
     params = {p.name: p for p in ctx.command.params if p.name != 'config'}
     unknown = [str(k) for k in data if str(k).replace('-', '_') not in params]
     if unknown:
@@ -512,6 +549,7 @@ def apply_config(opts, path, ctx):
             opts[name] = params[name].type_cast_value(ctx, text)
         except click.BadParameter as e:
             raise dnnlib.util.UserError(f'--config: {path}: {key}: {e.message}') from None
+    return meta
 
 # ---------------------------------------------------------------------------------------------
 
@@ -533,23 +571,23 @@ def _parse_comma_list(s):
 @click.option('--cfg',          help='Base configuration', type=click.Choice(presets.PRESET_NAMES), default='auto', show_default=True)
 @click.option('--batch',        help='Total batch size', metavar='INT', type=click.IntRange(min=1))
 @click.option('--batch-gpu',    help='Micro-batch size per process and accumulation round', metavar='INT', type=click.IntRange(min=1))
-@click.option('--gamma',        help='R1 regularisation weight', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--kimg',         help='Training duration in kimg (may be fractional)', metavar='KIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--gamma',        help='R1 regularisation weight', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--kimg',         help='Training duration in kimg (may be fractional)', metavar='KIMG', type=dnnlib.cli.FiniteFloat(min=0, min_open=True))
 @click.option('--snap',         help='Snapshot interval in ticks [default: 50]', metavar='TICKS', type=click.IntRange(min=1))
-@click.option('--tick',         help='Progress-line interval in kimg (may be fractional) [default: 4]', metavar='KIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--tick',         help='Progress-line interval in kimg (may be fractional) [default: 4]', metavar='KIMG', type=dnnlib.cli.FiniteFloat(min=0, min_open=True))
 @click.option('--mirror',       help='Enable dataset x-flips', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--cond',         help='Train a conditional model', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--subset',       help='Train on only N images', metavar='INT', type=click.IntRange(min=1))
 # Augmentation.
 @click.option('--aug',          help='Augmentation mode', type=click.Choice(['noaug', 'ada', 'fixed']), default='ada', show_default=True)
-@click.option('--p',            help='Augmentation probability for --aug=fixed', metavar='FLOAT', type=float)
-@click.option('--target',       help='ADA target value for --aug=ada [default: 0.6]', metavar='FLOAT', type=click.FloatRange(min=0, max=1))
+@click.option('--p',            help='Augmentation probability for --aug=fixed', metavar='FLOAT', type=dnnlib.cli.FiniteFloat())
+@click.option('--target',       help='ADA target value for --aug=ada [default: 0.6]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0, max=1))
 @click.option('--augpipe',      help='Augmentation pipeline', type=click.Choice(['blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc']), default='bgc', show_default=True)
 # Networks and optimisation.
 @click.option('--resume',       help='Resume from a network pickle, or "latest" (continue the run in --outdir exactly)', metavar='[PKL|latest]')
 @click.option('--fp32',         help='Disable mixed precision', metavar='BOOL', type=bool, default=False, show_default=True)
-@click.option('--glr',          help='G learning rate [default: preset]', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--dlr',          help='D learning rate [default: preset]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--glr',          help='G learning rate [default: preset]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--dlr',          help='D learning rate [default: preset]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
 @click.option('--map-depth',    help='Mapping network depth [default: preset]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--mbstd-group',  help='Minibatch std group size [default: preset]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase',        help='Capacity multiplier (channel_base) [default: preset]', metavar='INT', type=click.IntRange(min=1))
@@ -569,18 +607,18 @@ def _parse_comma_list(s):
 @click.option('--svs-fn',       help='SVS function for --init=svs and --svs-every [default: sqrt]', metavar='FN')
 @click.option('--teacher-d',    help='Start D from the student/teacher pickle\'s D (CAGAN) [default: from scratch; cagan: 1]', metavar='BOOL', type=bool)
 @click.option('--distill',      help='Distillation recipe [default: stylekd with --teacher, else none]', type=click.Choice(DISTILL_RECIPES))
-@click.option('--l1-weight',    help='Masked pixel L1 weight [default: 3]', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--lpips-weight', help='LPIPS weight [default: 3]', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--ld-weight',    help='Latent-direction relation loss weight [default: 30]', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--ld-offset',    help='Latent offset strength of the LD loss [default: 5]', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--sparse-eta',   help='GAN-Slimming style-sparsity weight (gs-sparse) [default: 1e-5]', metavar='FLOAT', type=click.FloatRange(min=0))
-@click.option('--vgg-weight',   help='GAN-Slimming VGG-feature distillation weight (gs, gs-sparse) [default: 3]', metavar='FLOAT', type=click.FloatRange(min=0))
+@click.option('--l1-weight',    help='Masked pixel L1 weight [default: 3]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--lpips-weight', help='LPIPS weight [default: 3]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--ld-weight',    help='Latent-direction relation loss weight [default: 30]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--ld-offset',    help='Latent offset strength of the LD loss [default: 5]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--sparse-eta',   help='GAN-Slimming style-sparsity weight (gs-sparse) [default: 1e-5]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
+@click.option('--vgg-weight',   help='GAN-Slimming VGG-feature distillation weight (gs, gs-sparse) [default: 3]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
 @click.option('--mask',         help='Content mask of L1/LPIPS [default: uniform]', type=click.Choice(['uniform', 'face']))
 @click.option('--face-parser',  help='BiSeNet checkpoint (79999_iter.pth) for --mask=face', metavar='PATH|URL')
 @click.option('--lpips-vgg',    help='VGG16 ImageNet weights (torchvision vgg16-397923af.pth) [default: its URL]', metavar='PATH|URL')
 @click.option('--lpips-lin',    help='LPIPS v0.1 vgg heads (vgg.pth) [default: its URL]', metavar='PATH|URL')
 @click.option('--spectral-norm', help='Spectral normalisation of the synthesis weights every step (Table 6d)', metavar='BOOL', type=bool)
-@click.option('--svs-every',    help='Re-apply SVS every KIMG during the first half of training (Table 6e)', metavar='KIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--svs-every',    help='Re-apply SVS every KIMG during the first half of training (Table 6e)', metavar='KIMG', type=dnnlib.cli.FiniteFloat(min=0, min_open=True))
 @click.option('--config',       help='YAML file of options (keys = option names); command-line options override it', metavar='FILE')
 @click.option('--dry-run', '-n', help='Print the options and exit', is_flag=True)
 @dnnlib.util.exit_on_user_error
@@ -588,10 +626,13 @@ def main(**kwargs):
     """Train a GAN (stylegan2-ada-pytorch options; --device=cpu and exact --resume added), or
     distil a pruned student from a teacher (--teacher, --student, --init, --distill)."""
     opts = dnnlib.EasyDict(kwargs)
+    meta = None
     if opts.config is not None:
-        apply_config(opts, opts.config, click.get_current_context())
+        meta = apply_config(opts, opts.config, click.get_current_context())
     if not opts.outdir:
         raise click.UsageError("Missing option '--outdir'.")
+    if opts.resume != 'latest' and not opts.dry_run:
+        dnnlib.cli.check_output_dir(opts.outdir, '--outdir')  # before any heavy work
     if opts.resume == 'latest':
         ctx = click.get_current_context()
         given = {name for name in kwargs if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
@@ -618,7 +659,7 @@ def main(**kwargs):
     if opts.desc:
         desc += f'-{opts.desc}'
     run_dir = _agree_run_dir(opts.outdir, desc, tr, opts.dry_run)
-    launch_training(c, run_dir, dry_run=opts.dry_run)
+    launch_training(c, run_dir, dry_run=opts.dry_run, meta=meta)
 
 
 def _default(value, default):
@@ -646,8 +687,7 @@ def _resume_latest(opts, given=None):
     snapshot = training_loop.find_latest_snapshot(run_dir)
     if snapshot is None:
         raise dnnlib.util.UserError(f'--resume=latest: {run_dir} has no snapshot with a training state yet')
-    with open(os.path.join(run_dir, 'training_options.json'), 'rt') as f:
-        c = json.load(f, object_hook=dnnlib.EasyDict)
+    c = run_folder.read_training_options(run_dir)  # class names in it checked against the allow-list
     ignored = [k for k in ('data', 'cfg', 'batch', 'gamma', 'mirror', 'p', 'target', 'fp32', 'glr', 'dlr', 'map_depth',
                            'mbstd_group', 'cbase', 'cmax', 'cond', 'subset', 'grid', 'teacher', 'student', 'init',
                            'svs_fn', 'teacher_d', 'distill', 'l1_weight', 'lpips_weight', 'ld_weight', 'ld_offset',
@@ -678,6 +718,12 @@ def _resume_latest(opts, given=None):
         raise dnnlib.util.UserError(f'--batch: {c.batch_size} is not a multiple of --gpus ({c.num_gpus}) times --batch-gpu ({c.batch_gpu})')
     c.resume_pkl = snapshot
     c.resume_state = training_loop.state_path_for(snapshot)
+    done_nimg = training_loop.load_training_state(c.resume_state)['cur_nimg']
+    if done_nimg >= c.total_kimg * 1000:
+        # A requeued job must not train on: a finished run stays finished unless --kimg grows.
+        print(f'{run_dir}: already finished ({done_nimg / 1000:g} of {c.total_kimg:g} kimg); nothing to do '
+              f'(give a larger --kimg to train longer)')
+        return
     tr = _torchrun_env()
     if tr is not None:
         c.num_gpus = tr[1]

@@ -23,7 +23,9 @@ demodulation and scale their styles by 1/sqrt(C_in); with C_in -> C' their outpu
 sqrt(C/C'). ``compensate_torgb=True`` multiplies the kept toRGB weights by sqrt(C'/C) (and likewise
 the 1x1 skip convs of resnet synthesis blocks, whose gain is also 1/sqrt(C_in)), so that the
 student computes exactly what the dense teacher computes with the removed channels zeroed (the
-masked-dense oracle). The official SVS/DCP code does not compensate; pass False to reproduce it.
+masked-dense oracle). The official SVS/DCP code does not compensate (with it, our toRGB weights
+after SVS would be about 0.75x the official ones), so prune.py slices only by
+default and ``prune.py --torgb-compensation`` opts in; this function keeps the oracle-exact default.
 Demodulated 3x3 convs need nothing: demodulation renormalises over the kept inputs.
 """
 import math

@@ -41,7 +41,8 @@ def test_prune_every_method_writes_the_outputs(teacher_pkl, tmp_path, method):
     from training.checkpoints import load_network
     out = tmp_path / 'run'
     code, output = run(['--network', teacher_pkl, '--method', method, '--ratio', '0.5', '--outdir', str(out),
-                        '--device', 'cpu', '--svs', 'sqrt' if method == 'dcp' else 'none'] + FAST[method])
+                        '--device', 'cpu'] + (['--svs', 'sqrt'] if method == 'dcp' else ['--torgb-compensation'])
+                       + FAST[method])
     assert code == 0, output
     assert 'FLOPs' in output and 'params' in output
     for name in prune.OUTPUT_FILES:
@@ -62,7 +63,8 @@ def test_prune_every_method_writes_the_outputs(teacher_pkl, tmp_path, method):
     assert list(data.G_ema.synthesis.layer_channels) == info['widths']
     assert data.pruning['masks'] == info['masks'] and data.pruning['D'] == 'teacher'
     assert flops.count_params(data.G_ema) == info['params']['student']['params']
-    if method != 'dcp':  # no SVS: the student is exactly the masked teacher
+    assert data.pruning['compensate_torgb'] is (method != 'dcp')
+    if method != 'dcp':  # no SVS, toRGB compensated: the student is exactly the masked teacher
         masks = channels.indices_to_masks(info['masks'], info['teacher_widths'])
         oracle = channels.masked_dense(teacher.G_ema, masks)
         assert torch.allclose(render(data.G_ema), render(oracle), atol=1e-5)

@@ -13,10 +13,10 @@ dict with ``device`` and ``networks``; see the docstring of ``training/loss.py``
              by δ = 5·ε·d̂ (d a direction of the teacher's bank, the same δ for every w of a sample),
              and the KL of the row softmaxes of the cross-view cosine matrices is summed over the
              LD layers (blocks 16..128 of StyleGAN2, layers 2/4/6/9 of StyleGAN3), features in fp32;
-* ``vgg``:   GAN-Slimming's perceptual distillation: mean squared difference of VGG16 features
-             (relu1_2, relu2_2, relu3_3, relu4_3 of the ImageNet-normalised [0, 1] images), summed
-             over those layers. Which VGG layers GAN-Slimming's StyleGAN code used is not in our
-             specs; these are the LPIPS taps minus the last, stated here as our choice.
+* ``vgg``:   GAN-Slimming's perceptual distillation as the official StyleGAN code computes it
+             (``gs_perceptual_loss``): L1 of the relu1_2 features plus 1e5 x the sum over relu1_2,
+             relu2_2, relu3_3, relu4_3 of the MSE of their Gram matrices (F·Fᵀ / (C·H·W)), on the
+             full-resolution images mapped to [0, 1] WITHOUT ImageNet normalisation (as theirs).
 
 The teacher runs under ``no_grad`` in eval mode, through its OWN mapping, on the same z, the same
 style-mixing cut-off and second z, and the same offsets; its per-pixel noise is drawn
@@ -34,6 +34,7 @@ background and cloth), bilinearly resized and thresholded at 0.5; ``uniform`` is
 import torch
 
 import dnnlib
+from torch_utils import misc
 from torch_utils import vgg16
 from training import distill_math
 
@@ -41,8 +42,7 @@ LPIPS_SIZE = 256
 SG2_LD_RES_RANGE = (16, 128)     # mimic layers 2..5 of the official code: blocks 16, 32, 64, 128
 SG3_LD_LAYERS = (2, 4, 6, 9)     # L2_36_512, L4_52_512, L6_84_512, L9_148_181 at 256 px
 GS_VGG_TAPS = (3, 8, 15, 22)     # relu1_2, relu2_2, relu3_3, relu4_3
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+GS_STYLE_WEIGHT = 1e5           # weight of the Gram-matrix (style) part of the GS loss
 
 # ---------------------------------------------------------------------------------------------
 # Helpers shared with train.py.
@@ -67,15 +67,19 @@ def lpips_weights_available(vgg, lin):
     return True, ''
 
 
-def load_teacher(path, device='cpu', allow_code=False, force_fp32=False):
+def load_teacher(path, device='cpu', allow_code=False, force_fp32=False, precision=None):
     """The teacher's ``G_ema`` (``G`` when a file has no G_ema) from any checkpoint ``load_network``
     reads, frozen and in eval mode. Used as an ``extra_networks`` spec by the training loop, which
-    calls it on every rank: every rank holds the same, loaded, teacher."""
+    calls it on every rank: every rank holds the same, loaded, teacher. ``precision``
+    (``dict(num_fp16_res, conv_clamp)``, train.py's options) rebuilds it with the run's mixed
+    precision, as the official code builds teacher and student alike; ``force_fp32``: all fp32."""
     from training import checkpoints
     data = checkpoints.load_network(path, allow_code=allow_code, device='cpu', verbose=False)
     G = data.get('G_ema') if data.get('G_ema') is not None else data.get('G')
     if G is None:
         raise dnnlib.util.UserError(f'--teacher: {path} holds no generator')
+    if precision is not None:
+        G = checkpoints.rebuild_network(G, num_fp16_res=int(precision['num_fp16_res']), conv_clamp=precision['conv_clamp'])
     if force_fp32:
         G = checkpoints.rebuild_network(G, num_fp16_res=0)
     return G.eval().requires_grad_(False).to(device)
@@ -101,11 +105,19 @@ def direction_bank(G_teacher, ld_layers, k=5):
     return distill_math.sg3_direction_bank(G_teacher, ld_layers, k=k)
 
 
-def _normalize_for_vgg(img):
-    x = ((img.to(torch.float32) + 1) / 2)
-    mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def gram_matrix(feat):
+    """[B, C, H, W] -> [B, C, C]: F·Fᵀ / (C·H·W) in float32."""
+    b, ch, h, w = feat.shape
+    f = feat.to(torch.float32).reshape(b, ch, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (ch * h * w)
+
+
+def gs_perceptual_loss(feats_student, feats_teacher, style_weight=GS_STYLE_WEIGHT):
+    """GAN-Slimming's loss on VGG16 features [relu1_2, relu2_2, relu3_3, relu4_3]: mean |Δ relu1_2|
+    plus ``style_weight`` x the sum over the layers of the mean squared Gram-matrix difference."""
+    content = (feats_student[0].to(torch.float32) - feats_teacher[0].to(torch.float32)).abs().mean()
+    style = sum((gram_matrix(fs) - gram_matrix(ft)).square().mean() for fs, ft in zip(feats_student, feats_teacher))
+    return content + style_weight * style
 
 
 _vgg_cache = dict()
@@ -184,13 +196,14 @@ class DistillTerm:
         if ctx.get('distill_teacher') is not None:
             return ctx.distill_teacher
         self.teacher.eval()
-        ws = ctx.loss.mapping(self.teacher, ctx.z, ctx.c, mixing=ctx.mixing)
-        if ctx.get('latent_offsets') is not None:
-            ws = torch.cat([ws, ws + ctx.latent_offsets[:, None, :].to(ws.dtype)])
-        if self.bank is not None:
-            img, feats = self.teacher.synthesis(ws, return_features=True, noise_mode=self.teacher_noise)
-        else:
-            img, feats = self.teacher.synthesis(ws, noise_mode=self.teacher_noise), None
+        with misc.frozen_network_scope():  # TF32 unless the user said no (frozen network)
+            ws = ctx.loss.mapping(self.teacher, ctx.z, ctx.c, mixing=ctx.mixing)
+            if ctx.get('latent_offsets') is not None:
+                ws = torch.cat([ws, ws + ctx.latent_offsets[:, None, :].to(ws.dtype)])
+            if self.bank is not None:
+                img, feats = self.teacher.synthesis(ws, return_features=True, noise_mode=self.teacher_noise)
+            else:
+                img, feats = self.teacher.synthesis(ws, noise_mode=self.teacher_noise), None
         ctx.distill_teacher = dnnlib.EasyDict(img=img.to(torch.float32), features=feats, mask=None)
         return ctx.distill_teacher
 
@@ -211,17 +224,19 @@ class DistillTerm:
         mask = self.content_mask(ctx, t_img)
         if self.l1_weight != 0:
             out['l1'] = distill_math.masked_l1(s_img, t_img, mask) * self.l1_weight
-        if self.lpips is not None or self.vgg is not None:
+        if self.lpips is not None:
             s_in, t_in = (s_img, t_img) if mask is None else (s_img * mask, t_img * mask)
             s_in = distill_math.downsample_for_lpips(s_in, LPIPS_SIZE, self.lpips_downsample)
             t_in = distill_math.downsample_for_lpips(t_in, LPIPS_SIZE, self.lpips_downsample)
-            if self.lpips is not None:
-                out['lpips'] = self.lpips(s_in, t_in).mean() * self.lpips_weight
-            if self.vgg is not None:
-                feats = self.vgg(_normalize_for_vgg(torch.cat([s_in, t_in])), taps=GS_VGG_TAPS)
-                fs = [f[:batch] for f in feats]
-                ft = [f[batch:].detach() for f in feats]
-                out['vgg'] = distill_math.perceptual_feature_l2(fs, ft) * self.vgg_weight
+            with torch.no_grad():  # the teacher's half needs no gradient (nor its activations kept)
+                t_feats = self.lpips.features(t_in)
+            out['lpips'] = self.lpips.distance_to_features(s_in, t_feats).mean() * self.lpips_weight
+        if self.vgg is not None:  # full resolution, [-1, 1] -> [0, 1], no ImageNet normalisation
+            s_in, t_in = (s_img, t_img) if mask is None else (s_img * mask, t_img * mask)
+            feats = self.vgg((torch.cat([s_in, t_in]) + 1) / 2, taps=GS_VGG_TAPS)
+            fs = [f[:batch] for f in feats]
+            ft = [f[batch:].detach() for f in feats]
+            out['vgg'] = gs_perceptual_loss(fs, ft) * self.vgg_weight
         if self.bank is not None:
             ld = 0
             for key in self.ld_layers:

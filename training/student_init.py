@@ -10,11 +10,16 @@ this copies its tensors and then applies the chosen initialisation:
 * ``random``: StyleKD's init: only the mapping network (and ``w_avg``) is copied; the synthesis
               keeps StyleGAN2's own initialisation, i.e. that of a freshly constructed synthesis
               network of the student's widths (weights N(0, 1), biases 0, affine biases 1);
-* ``he``:     the pruned weights, then every synthesis ``*.weight`` gets ``kaiming_normal_`` (PyTorch
-              defaults: fan_in, gain √2, on the RAW tensor, 4-D weights with fan_in = C_in·k·k)
-              and every synthesis ``*.bias`` is zeroed, affine biases included, as the official
-              ``--initialize he`` does (method-svs-distillation.md §1.6; mis-scaled for equalised-lr
-              layers by design, that is the ablation).
+* ``he``:     as the official ``--initialize he`` run (Table 7), which deletes the pruned synthesis
+              and builds it afresh: mapping (and ``w_avg``) copied, nothing of the pruned synthesis
+              kept (``const``, ``noise_strength`` and noise buffers are the fresh network's), then
+              every synthesis ``*.weight`` gets ``kaiming_normal_`` (PyTorch defaults: fan_in, gain
+              √2, on the RAW tensor, 4-D weights with fan_in = C_in·k·k) and every synthesis
+              ``*.bias`` is zeroed, affine biases included (method-svs-distillation.md §1.6;
+              mis-scaled for equalised-lr layers by design, that is the ablation).
+
+``G`` arrives freshly constructed (the loop builds it from ``G_kwargs`` before calling ``init_fn``),
+so "from scratch" means: the synthesis tensors stay as that constructor made them.
 
 With ``teacher_d`` the discriminator starts from the student pickle's D (prune.py stores the
 teacher's D there) or else the teacher pickle's D, as CAGAN does; otherwise D is trained from
@@ -23,9 +28,12 @@ scratch.
 Ablations of Table 6 acting during training (``step_hooks`` of the loop, called after every step):
 
 * ``SpectralNormHook`` (6d): after each step every synthesis weight matrix (4-D viewed as
-  [C_out, C_in·k·k]) is divided by its largest singular value (exact, ``torch.linalg.matrix_norm``
-  ord 2), i.e. projected onto spectral norm 1, and ``init_student(spectral_norm=True)`` does it
-  once before the EMA copy. A per-step projection instead of ``torch.nn.utils.parametrizations.
+  [C_out, C_in·k·k]) is divided by its largest singular value, estimated as Miyato et al. (2018)
+  do: one power iteration per step from a persistent vector u per weight (v = W^T u / |W^T u|,
+  u = W v / |W v|, sigma = u^T W v; u starts from a fixed seed, the same on every rank, refined by
+  ``init_iterations`` iterations when the hook is built, and is part of the exact-resume state).
+  No SVD and no host sync per step. ``init_student(spectral_norm=True)`` projects once, exactly
+  (``torch.linalg.matrix_norm`` ord 2), before the EMA copy. A per-step projection instead of ``torch.nn.utils.parametrizations.
   spectral_norm``: the parametrisation swaps the module classes, which our persistent (pickled,
   source-carrying) networks cannot store; the projection leaves plain tensors.
 * ``PeriodicSVSHook`` (6e): SVS re-applied to G every ``every_kimg`` during the first half of
@@ -116,14 +124,28 @@ def check_student(teacher, student, init, pruning=None, student_path='--student'
                                         f'use --init pruned (or an unscaled student) instead of scaling twice')
 
 
-def generator_kwargs(G, fp32=False):
-    """JSON-able constructor kwargs (with ``class_name``) that rebuild G's architecture."""
+def _precision_target(kwargs):
+    """The dict holding num_fp16_res/conv_clamp: ``synthesis_kwargs`` (sg2ada G) or the kwargs themselves."""
+    return kwargs['synthesis_kwargs'] if isinstance(kwargs.get('synthesis_kwargs'), dict) else kwargs
+
+
+def precision_of(kwargs):
+    """``dict(num_fp16_res, conv_clamp)`` of constructor kwargs (a preset's or a network's)."""
+    target = _precision_target(kwargs)
+    return dict(num_fp16_res=int(target.get('num_fp16_res', 0)), conv_clamp=target.get('conv_clamp'))
+
+
+def generator_kwargs(G, fp32=False, precision=None):
+    """JSON-able constructor kwargs (with ``class_name``) that rebuild G's architecture. ``precision``
+    (``dict(num_fp16_res, conv_clamp)``) replaces the network's own: the run's options decide the
+    training precision, as in NVIDIA's train.py, not whatever the checkpoint carried."""
     if G.init_args:
         raise dnnlib.util.UserError(f'network: {type(G).__name__} was built with positional arguments')
     kwargs = json.loads(json.dumps(dict(G.init_kwargs)))
+    if precision is not None:
+        _precision_target(kwargs).update(num_fp16_res=int(precision['num_fp16_res']), conv_clamp=precision['conv_clamp'])
     if fp32:
-        target = kwargs['synthesis_kwargs'] if isinstance(kwargs.get('synthesis_kwargs'), dict) else kwargs
-        target.update(num_fp16_res=0, conv_clamp=None)
+        _precision_target(kwargs).update(num_fp16_res=0, conv_clamp=None)
     cls = next(k for k in type(G).__mro__ if k.__module__ != 'torch_utils.persistence')  # past the persistence wrapper
     return dnnlib.EasyDict(class_name=f'{cls.__module__}.{cls.__name__}', **kwargs)
 
@@ -200,9 +222,9 @@ def init_student(G, D, training_set=None, device=None, rank=0, num_gpus=1, extra
     source_path = student if student is not None else teacher
     src = load_generators(source_path, '--student' if student is not None else '--teacher', allow_code=allow_code)
     where = f'--student {source_path}'
-    if init == 'random':
+    if init in ('random', 'he'):  # the pruned synthesis is not used at all
         _copy_strict(src.G, G, where, prefix='mapping.')
-        log(f'Student init "random": mapping network from {source_path}; synthesis at its own initialisation')
+        log(f'Student init "{init}": mapping network from {source_path}; synthesis built from scratch')
     else:
         _copy_strict(src.G, G, where)
         log(f'Student init "{init}": weights from {source_path}')
@@ -231,12 +253,44 @@ def init_student(G, D, training_set=None, device=None, rank=0, num_gpus=1, extra
 
 
 class SpectralNormHook:
-    def __init__(self, device, networks):
+    def __init__(self, device, networks, power_iterations=1, init_iterations=100, eps=1e-12):
         self.G = networks.G
         self.names = synthesis_weight_names(self.G)
+        self.power_iterations, self.eps = int(power_iterations), float(eps)
+        params = dict(self.G.named_parameters())
+        gen = torch.Generator().manual_seed(0)  # own generator: the run's RNG streams are untouched
+        self.u = dict()
+        for name in self.names:
+            u = torch.randn([params[name].shape[0]], generator=gen, dtype=torch.float32)
+            self.u[name] = torch.nn.functional.normalize(u, dim=0, eps=self.eps).to(params[name].device)
+        for name in self.names:
+            self.sigma(name, params[name], int(init_iterations))
 
+    @torch.no_grad()
+    def sigma(self, name, weight, iterations):
+        """Power-iteration estimate of sigma_max(weight) (updates the persistent u)."""
+        W = weight.detach().reshape(weight.shape[0], -1).to(torch.float32)
+        u = self.u[name]
+        for _ in range(max(iterations, 1)):
+            v = torch.nn.functional.normalize(W.t() @ u, dim=0, eps=self.eps)
+            u = torch.nn.functional.normalize(W @ v, dim=0, eps=self.eps)
+        self.u[name] = u
+        return torch.dot(u, W @ v)
+
+    @torch.no_grad()
     def __call__(self, cur_nimg, batch_size, total_kimg, **_kwargs):
-        spectral_normalize_(self.G, self.names)
+        params = dict(self.G.named_parameters())
+        for name in self.names:
+            p = params[name]
+            p.div_(self.sigma(name, p, self.power_iterations).clamp_min(self.eps).to(p.dtype))
+
+    def state_dict(self):
+        return dict(u={name: u.detach().cpu().clone() for name, u in self.u.items()})
+
+    def load_state_dict(self, state):
+        for name, u in state.get('u', dict()).items():
+            if name in self.u:
+                self.u[name].copy_(u)
 
 
 class PeriodicSVSHook:
