@@ -6,9 +6,12 @@ Per channel, with the semantics of NVIDIA's reference implementation:
   3. leaky ReLU with ``slope``, multiply by ``gain``, clamp to [-clamp, clamp],
   4. filter with ``fd`` and keep every ``down``-th pixel.
 
-Two pure PyTorch paths, both ordinary autograd (gradients of any order, every device and dtype):
+Three paths:
 - ``impl='ref'`` composes ``bias_act`` and ``upfirdn2d`` exactly as NVIDIA's reference does.
-- ``impl='cuda'`` (the default; NVIDIA's name, kept so callers need no change) is the fast path.
+- ``impl='cuda'`` on CUDA tensors with ``triton`` installed, and ``impl='triton'`` anywhere (see
+  ``fused.py``): the fused Triton kernels of ``filtered_lrelu_fused.py``. They keep only a one-byte
+  sign map of the upsampled intermediate for backward, not the intermediate itself.
+- ``impl='cuda'`` elsewhere (the CPU default) is the fast PyTorch path, ordinary autograd.
   It computes the same function with fewer operations: on small images each 1-D upsampling pass
   (zero insertion, padding and the FIR filter together) is one matrix product with a banded
   matrix, which a CPU does far faster than a depthwise convolution on the zero-inserted image;
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import bias_act
+from . import fused
 from . import upfirdn2d
 from .upfirdn2d import _get_filter_size, _parse_padding  # noqa: F401 (also part of the NVIDIA API)
 
@@ -51,13 +55,13 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=np
         slope:       leaky ReLU slope (1 = linear).
         clamp:       clamp the activations to [-clamp, clamp] before downsampling; None = off.
         flip_filter: False = convolution, True = correlation.
-        impl:        'cuda' (fast path, any device) or 'ref' (NVIDIA's reference composition).
+        impl:        'cuda' (fastest path for the device), 'triton' (fused kernels) or 'ref' (NVIDIA's
+                     reference composition).
     Returns:
         [N, C, H_out, W_out] in the dtype of ``x``, with
         W_out = (W * up + px0 + px1 - (fu_w - 1) - (fd_w - 1) + (down - 1)) // down (same for H).
     """
     assert isinstance(x, torch.Tensor) and x.ndim == 4
-    assert impl in ('ref', 'cuda')
     fu_w, fu_h = _get_filter_size(fu)
     fd_w, fd_h = _get_filter_size(fd)
     if b is not None:
@@ -79,7 +83,10 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=np
     assert out_w >= 1 and out_h >= 1, 'filtered_lrelu: output would be empty'
 
     args = (fu, fd, up, down, (px0, px1, py0, py1), gain, slope, clamp, flip_filter)
-    if impl == 'ref':
+    if fused.use_fused(impl, x) and not any(t is not None and t.requires_grad for t in (fu, fd)):
+        from .filtered_lrelu_fused import filtered_lrelu_fused
+        y = filtered_lrelu_fused(x, b, *args)
+    elif impl == 'ref':
         y = _filtered_lrelu_ref(x, b, *args)
     elif x.device.type == 'cpu':
         y = _filtered_lrelu_chunked(x, b, *args)

@@ -9,10 +9,16 @@ The implementation never materialises the zero-inserted image: upsampling is a d
 transposed convolution with stride ``up`` and downsampling a depthwise convolution with stride
 ``down``. Separable (1-D) filters run as two 1-D passes. Everything is ordinary autograd, so
 gradients of any order work on every device and dtype.
+
+``impl='cuda'`` on CUDA tensors (with ``triton`` installed) and ``impl='triton'`` anywhere run the
+fused Triton kernel instead (see ``fused.py``): one pass per filter axis, computed per output pixel;
+its backward is the same kernel with the transposed parameters, so every order of gradient works.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import fused
 
 
 def _parse_scaling(scaling):
@@ -95,15 +101,19 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cu
                      values crop.
         flip_filter: False = convolution, True = correlation.
         gain:        overall scaling of the signal magnitude.
-        impl:        ignored ('cuda' or 'ref').
+        impl:        'ref', 'cuda' or 'triton' (see ``fused.py``).
     Returns:
         [N, C, H_out, W_out] with H_out = ceil((H * upy + pady0 + pady1 - fh + 1) / downy).
     """
     assert isinstance(x, torch.Tensor) and x.ndim == 4
-    assert impl in ('cuda', 'ref')
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    if fused.use_fused(impl, x) and not (f is not None and f.requires_grad):
+        fused.check_kernel_input(x)
+        passes = fused_passes(f, x.shape[3], x.shape[2], (upx, upy), (downx, downy),
+                              (padx0, padx1, pady0, pady1), flip_filter, gain)
+        return _UpFirDn2dFused.apply(x, passes)
     if f is None and upx == 1 and upy == 1:  # no filter: pad/crop and subsample only
         x = _pad(x, padx0, padx1, pady0, pady1)[:, :, ::downy, ::downx]
         return x * gain if gain != 1 else x
@@ -123,6 +133,65 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cu
     for kernel, ux, dx, px0, px1, uy, dy, py0, py1 in passes:
         x = _filter_pass(x, kernel, ux, dx, px0, px1, uy, dy, py0, py1)
     return x
+
+
+def fused_passes(f, in_w, in_h, up, down, padding, flip_filter, gain):
+    """The kernel passes computing ``upfirdn2d`` on [*, *, in_h, in_w] images, as tuples
+    (correlation kernel [kh, kw] with the gain folded in, up, down, pad0, in_size, out_size), each an
+    (x, y) pair: one 2-D pass, or an x pass then a y pass for a separable filter."""
+    (upx, upy), (downx, downy), (px0, px1, py0, py1) = up, down, padding
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32)
+    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32
+    corr = (f if flip_filter else f.flip(list(range(f.ndim)))).float() * (gain ** (f.ndim / 2))
+
+    def out_len(n, u, d, p0, p1, k):
+        full = n * u + p0 + p1 - k
+        assert full >= 0, 'upfirdn2d: the filter is larger than the padded image'
+        return full // d + 1
+
+    if f.ndim == 2:
+        kh, kw = corr.shape
+        out = (out_len(in_w, upx, downx, px0, px1, kw), out_len(in_h, upy, downy, py0, py1, kh))
+        return ((corr, (upx, upy), (downx, downy), (px0, py0), (in_w, in_h), out),)
+    k = corr.shape[0]
+    out_w = out_len(in_w, upx, downx, px0, px1, k)
+    out_h = out_len(in_h, upy, downy, py0, py1, k)
+    return ((corr.reshape(1, k), (upx, 1), (downx, 1), (px0, 0), (in_w, in_h), (out_w, in_h)),
+            (corr.reshape(k, 1), (1, upy), (1, downy), (0, py0), (out_w, in_h), (out_w, out_h)))
+
+
+def transpose_passes(passes):
+    """The adjoint of a chain of passes (each pass's adjoint, in reverse order).
+
+    Output n of a pass is sum_i x[i] g[i * up + p0 - n * down]; the adjoint sums over n instead,
+    which is again a pass: filter flipped, up and down swapped, p0 -> k - 1 - p0, sizes swapped.
+    """
+    out = []
+    for corr, (ux, uy), (dx, dy), (px0, py0), in_size, out_size in reversed(passes):
+        kh, kw = corr.shape
+        out.append((corr.flip([0, 1]), (dx, dy), (ux, uy), (kw - 1 - px0, kh - 1 - py0), out_size, in_size))
+    return tuple(out)
+
+
+def run_passes(x, passes):
+    kernels = fused.load_kernels()
+    for corr, pass_up, pass_down, pad0, _in_size, out_size in passes:
+        x = kernels.upfirdn_pass(x, corr, pass_up, pass_down, pad0, out_size)
+    return x
+
+
+class _UpFirDn2dFused(torch.autograd.Function):
+    """A linear map whose backward is its adjoint, again this Function: differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, x, passes):
+        ctx.passes = passes
+        return run_passes(x, passes)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _UpFirDn2dFused.apply(dy, transpose_passes(ctx.passes)), None
 
 
 def _filter_pass(x, kernel, upx, downx, padx0, padx1, upy, downy, pady0, pady1):
