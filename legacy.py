@@ -10,11 +10,15 @@ Examples:
 
     # rosinality checkpoint -> weights-only file for people who must not unpickle
     python legacy.py --source 550000.pt --dest teacher.safetensors --weights-only
+
+    # our (or NVIDIA's) StyleGAN2 snapshot -> a rosinality stylegan2-pytorch checkpoint
+    python legacy.py --source network-snapshot-001000.pkl --dest 001000.pt --to rosinality
 """
 import click
 
 import dnnlib
-from training import checkpoints
+import dnnlib.cli
+from training import checkpoints, export_rosinality
 
 
 def load_network_pkl(f, force_fp16=False, allow_code=False):
@@ -33,13 +37,18 @@ def force_fp16_networks(data):
 
 @click.command()
 @click.option('--source', required=True, metavar='PATH|URL', help='Checkpoint to convert (path or URL; URLs are cached).')
-@click.option('--dest', required=True, metavar='PATH', help='Output: a snapshot .pkl, or with --weights-only a .safetensors/.pt file.')
+@click.option('--dest', required=True, type=dnnlib.cli.OutputFile(), metavar='PATH', help='Output: a snapshot .pkl, or with --weights-only a .safetensors/.pt file.')
 @click.option('--weights-only', is_flag=True, help='Write tensors plus a JSON architecture description instead of a pickle.')
-@click.option('--force-fp16', is_flag=True, help='Rebuild the networks with num_fp16_res=4 and conv_clamp=256.')
+@click.option('--force-fp16', type=bool, is_flag=False, flag_value=True, default=False, metavar='[BOOL]',
+              help='Rebuild the networks with num_fp16_res=4 and conv_clamp=256 (--force-fp16, or NVIDIA\'s --force-fp16=True).')
 @click.option('--allow-code', is_flag=True, help='Run the code embedded in NVIDIA pickles (only for files you trust).')
-@click.option('--drop', metavar='G,D,...', default='', help='Networks to leave out (e.g. G: keep only G_ema, to ship a smaller teacher).')
+@click.option('--drop', metavar='G,D,...', default='',
+              help='Networks to leave out. G: G becomes the same object as G_ema (stored once, and NVIDIA\'s '
+                   'legacy.load_network_pkl, which requires a G module, still reads the file); D, augment_pipe: None.')
+@click.option('--to', 'to_format', type=click.Choice(['ours', 'rosinality']), default='ours', show_default=True,
+              help='Output format: our snapshot pickle, or a rosinality stylegan2-pytorch checkpoint (g_ema, g, d, latent_avg).')
 @dnnlib.util.exit_on_user_error
-def main(source, dest, weights_only, force_fp16, allow_code, drop):
+def main(source, dest, weights_only, force_fp16, allow_code, drop, to_format):
     """Convert a StyleGAN2/3 checkpoint (NVIDIA PyTorch or TensorFlow pickle, rosinality, ours) to our format."""
     data = checkpoints.load_network(source, allow_code=allow_code)
     if force_fp16:
@@ -49,8 +58,12 @@ def main(source, dest, weights_only, force_fp16, allow_code, drop):
             raise dnnlib.util.UserError(f'--drop: {name!r} is not one of G, D, G_ema, augment_pipe')
         if name == 'G_ema':
             raise dnnlib.util.UserError('--drop: G_ema is what every tool uses; it cannot be dropped')
-        data[name] = None
-    if weights_only:
+        data[name] = data['G_ema'] if name == 'G' else None
+    if to_format == 'rosinality':
+        if weights_only:
+            raise dnnlib.util.UserError('--to rosinality: already tensors only; leave out --weights-only')
+        export_rosinality.save_checkpoint(dict(data, G=None if data.get('G') is data.get('G_ema') else data.get('G')), dest)
+    elif weights_only:
         checkpoints.export_weights(data, dest)
     else:
         checkpoints.save_snapshot(dest, dict(data))

@@ -29,11 +29,12 @@ def save_snapshot(path, data):
     if not isinstance(data, dict):
         raise TypeError('save_snapshot: data must be a dict')
     snapshot = {}
+    memo = {}  # one deepcopy memo: a network stored under two keys (G is G_ema) stays one object in the file
     for key, value in data.items():
         if isinstance(value, torch.nn.Module):
             if not persistence.is_persistent(value):
                 raise TypeError(f'save_snapshot: {key} ({type(value).__name__}) is not a persistent class')
-            value = copy.deepcopy(value).eval().requires_grad_(False).cpu()
+            value = copy.deepcopy(value, memo).eval().requires_grad_(False).cpu()
         else:
             check_plain_data(value, key)
         snapshot[key] = value

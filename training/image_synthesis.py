@@ -238,3 +238,130 @@ def load_projected_w(path):
     if ws.ndim != 3 or not np.isfinite(ws).all():
         raise dnnlib.util.UserError(f'{path}: "w" must be a finite [N, num_ws, w_dim] array, got shape {list(ws.shape)}')
     return ws
+
+# ---------------------------------------------------------------------------------------------
+# Style mixing (stylegan2-ada-pytorch's style_mixing.py).
+
+
+@torch.no_grad()
+def style_mixing_images(G, row_seeds, col_seeds, col_styles, truncation_psi=1.0, noise_mode='const', class_idx=None,
+                        device='cpu'):
+    """{(row_seed, col_seed): uint8 HWC}: row seed's W with layers ``col_styles`` taken from the column
+    seed's W (truncated around ``w_avg``); (s, s) is seed s itself."""
+    G = G.eval().requires_grad_(False).to(device)
+    bad = [i for i in col_styles if not 0 <= i < G.num_ws]
+    if bad:
+        raise dnnlib.util.UserError(f'--styles: layer {bad[0]} is outside 0..{G.num_ws - 1} of this network')
+    all_seeds = list(dict.fromkeys(list(row_seeds) + list(col_seeds)))
+    z = latents_for_seeds(all_seeds, G.z_dim).to(device)
+    c = labels_for(G, class_idx, len(all_seeds)).to(device)
+    ws = G.mapping(z, c, truncation_psi=truncation_psi)
+    w_dict = dict(zip(all_seeds, ws))
+    images = {(s, s): img for s, img in zip(all_seeds, to_uint8(G.synthesis(ws, noise_mode=noise_mode)).cpu().numpy())}
+    for row in row_seeds:
+        for col in col_seeds:
+            w = w_dict[row].clone()
+            w[col_styles] = w_dict[col][col_styles]
+            images[(row, col)] = to_uint8(G.synthesis(w[None], noise_mode=noise_mode))[0].cpu().numpy()
+    return images
+
+
+def style_mixing_grid(images, row_seeds, col_seeds):
+    """The grid of style_mixing.py: column seeds along the top, row seeds down the left, mixes inside."""
+    h, w, ch = next(iter(images.values())).shape
+    canvas = np.zeros((h * (len(row_seeds) + 1), w * (len(col_seeds) + 1), ch), np.uint8)
+    for j, col in enumerate(col_seeds, start=1):
+        canvas[:h, w * j:w * (j + 1)] = images[(col, col)]
+    for i, row in enumerate(row_seeds, start=1):
+        canvas[h * i:h * (i + 1), :w] = images[(row, row)]
+        for j, col in enumerate(col_seeds, start=1):
+            canvas[h * i:h * (i + 1), w * j:w * (j + 1)] = images[(row, col)]
+    return canvas
+
+# ---------------------------------------------------------------------------------------------
+# Videos (stylegan3's gen_video.py; projector.py's optimisation video).
+
+
+def open_video_writer(path, fps=60, **kwargs):
+    """An imageio mp4 writer (libx264), or one clear line when imageio / imageio-ffmpeg are missing."""
+    try:
+        import imageio  # noqa: optional dependency
+        import imageio_ffmpeg  # noqa: F401 (the mp4 backend)
+    except ImportError:
+        raise dnnlib.util.UserError(f'{path}: writing mp4 needs imageio and imageio-ffmpeg '
+                                    f'(pip install imageio imageio-ffmpeg)') from None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return imageio.get_writer(path, mode='I', fps=fps, codec='libx264', **kwargs)
+
+
+def video_available():
+    try:
+        import imageio  # noqa: F401
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parse_grid(text):
+    """'4x3' or '4,3' -> (4, 3)."""
+    m = re.fullmatch(r'\s*(\d+)\s*[x,]\s*(\d+)\s*', str(text))
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise dnnlib.util.UserError(f'--grid: expected WxH such as 4x3, got {text!r}')
+    return int(m.group(1)), int(m.group(2))
+
+
+@torch.no_grad()
+def interpolation_frames(G, seeds, grid_dims=(1, 1), num_keyframes=None, w_frames=120, truncation_psi=1.0,
+                         shuffle_seed=None, kind='cubic', wraps=2, noise_mode='const', device='cpu'):
+    """Yield the uint8 HWC frames of a looping latent-interpolation video (stylegan3's gen_video.py):
+    one keyframe W per seed, per grid cell; ``interp1d(kind)`` through keyframes repeated ``wraps``
+    times on either side, so the loop closes smoothly; ``num_keyframes * w_frames`` frames."""
+    import scipy.interpolate
+    grid_w, grid_h = grid_dims
+    if num_keyframes is None:
+        if len(seeds) % (grid_w * grid_h) != 0:
+            raise dnnlib.util.UserError(f'--seeds: {len(seeds)} seeds do not fill a {grid_w}x{grid_h} grid evenly '
+                                        f'(give a multiple of {grid_w * grid_h}, or --num-keyframes)')
+        num_keyframes = len(seeds) // (grid_w * grid_h)
+    if kind == 'cubic' and num_keyframes * (2 * wraps + 1) < 4:
+        raise dnnlib.util.UserError('--num-keyframes: too few keyframes for cubic interpolation')
+    all_seeds = np.array([seeds[i % len(seeds)] for i in range(num_keyframes * grid_w * grid_h)], dtype=np.int64)
+    if shuffle_seed is not None:
+        np.random.RandomState(seed=shuffle_seed).shuffle(all_seeds)
+    G = G.eval().requires_grad_(False).to(device)
+    z = latents_for_seeds([int(s) for s in all_seeds], G.z_dim).to(device)
+    ws = G.mapping(z, labels_for(G, 0 if G.c_dim else None, len(all_seeds)).to(device), truncation_psi=truncation_psi)
+    ws = ws.reshape(grid_h, grid_w, num_keyframes, *ws.shape[1:]).cpu().numpy()
+    x = np.arange(-num_keyframes * wraps, num_keyframes * (wraps + 1))
+    interps = [[scipy.interpolate.interp1d(x, np.tile(ws[yi][xi], [wraps * 2 + 1, 1, 1]), kind=kind, axis=0)
+                for xi in range(grid_w)] for yi in range(grid_h)]
+    for frame in range(num_keyframes * w_frames):
+        cells = []
+        for yi in range(grid_h):
+            for xi in range(grid_w):
+                w = torch.from_numpy(interps[yi][xi](frame / w_frames)).float().to(device)
+                cells.append(to_uint8(G.synthesis(w[None], noise_mode=noise_mode))[0].cpu().numpy())
+        yield image_grid([cells[yi * grid_w:(yi + 1) * grid_w] for yi in range(grid_h)])
+
+
+def write_video(path, frames, fps=60, **kwargs):
+    """Write uint8 HWC ``frames`` (any iterable) to ``path`` through a temporary file renamed at the end,
+    so a failure leaves no half-written video. Returns the number of frames."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f'.{name}.tmp-{os.getpid()}.mp4')
+    count = 0
+    try:
+        writer = open_video_writer(tmp, fps=fps, **kwargs)
+        try:
+            for frame in frames:
+                writer.append_data(np.asarray(frame))
+                count += 1
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
