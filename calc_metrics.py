@@ -25,7 +25,10 @@ def _dataset_kwargs(network_data, data, mirror):
     if data is not None:
         kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
     elif network_data is not None and network_data.get('training_set_kwargs'):
-        kwargs = dnnlib.EasyDict(copy.deepcopy(dict(network_data['training_set_kwargs'])))
+        # The snapshot chooses the dataset class: only one of ours may be constructed.
+        kwargs = dnnlib.util.check_dataset_kwargs(network_data['training_set_kwargs'], '--network: training_set_kwargs')
+        kwargs = dnnlib.EasyDict(copy.deepcopy(dict(kwargs)))
+        kwargs.setdefault('class_name', 'training.dataset.ImageFolderDataset')
     else:
         raise dnnlib.util.UserError('--data: needed, the snapshot does not record its training set')
     if mirror is not None:

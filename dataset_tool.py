@@ -30,6 +30,7 @@ import numpy as np
 import PIL.Image
 
 import dnnlib
+import dnnlib.cli
 from training import sample_data
 from training.dataset import is_image_file
 
@@ -198,7 +199,11 @@ class ZipDest:
         self.zf.writestr(sample_data.zip_entry(name), data)
 
     def finish(self, ok):
-        self.zf.close()
+        try:
+            self.zf.close()
+        except BaseException as e:  # e.g. a full disk: the temporary goes, the error stays
+            self.opener.__exit__(type(e), e, None)
+            raise
         self.opener.__exit__(None if ok else RuntimeError, None, None)
 
 
@@ -318,6 +323,10 @@ def parse_resolution(_ctx, _param, value):
 @click.option('--preview', metavar='PNG', help='With --sample: also save an 8x8 preview grid.')
 @dnnlib.util.exit_on_user_error
 def main(source, dest, max_images, transform, resolution, resize_filter, sample, seed, preview):
+    dest_path = os.path.expanduser(dest)
+    if source is not None:
+        dnnlib.cli.check_distinct(os.path.expanduser(source), dest_path)
+    (dnnlib.cli.check_output_file if dest_path.lower().endswith('.zip') else dnnlib.cli.check_output_dir)(dest_path, '--dest')
     if sample:
         if source is not None:
             raise dnnlib.util.UserError('--sample and --source are exclusive')

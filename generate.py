@@ -11,9 +11,11 @@ Examples:
 import os
 
 import click
+import numpy as np
 import torch
 
 import dnnlib
+import dnnlib.cli
 from training.checkpoints import load_network
 from training.image_synthesis import (generate_images, image_grid, labels_for, latents_for_seeds,  # noqa: F401 (re-exported)
                                       load_projected_w, parse_range, save_image, synthesize_ws, upscale_to,
@@ -23,11 +25,11 @@ from training.image_synthesis import (generate_images, image_grid, labels_for, l
 @click.command()
 @click.option('--network', 'networks', multiple=True, required=True, help='Snapshot path or URL; repeat to compare several')
 @click.option('--seeds', default='0-7', show_default=True, help='Seeds, e.g. 0-7,12')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=dnnlib.cli.FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--class', 'class_idx', type=int, default=None, help='Class label (conditional networks)')
-@click.option('--outdir', type=str, default=None, help='Write one PNG per seed (and per network) here')
-@click.option('--grid', type=str, default=None, help='Write all images as one grid PNG (rows = networks)')
+@click.option('--outdir', type=dnnlib.cli.OutputDir(), default=None, help='Write one PNG per seed (and per network) here')
+@click.option('--grid', type=dnnlib.cli.OutputFile(), default=None, help='Write all images as one grid PNG (rows = networks)')
 @click.option('--projected-w', type=str, default=None, metavar='FILE',
               help='projected_w.npz of projector.py: write proj00.png ... from its W+ latents instead of seeds')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
@@ -51,6 +53,8 @@ def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, p
     rows = []
     for idx, net in enumerate(networks):
         G = load_network(net, device='cpu').G_ema
+        if class_idx is not None and not G.c_dim:
+            raise dnnlib.util.UserError(f'--class: {net} is an unconditional network; leave --class out')
         z = latents_for_seeds(seeds, G.z_dim)
         images = generate_images(G, z, labels_for(G, class_idx, len(seeds)), truncation_psi, noise_mode, device=device)
         print(f'{net}: {len(seeds)} images at {G.img_resolution} px')
@@ -65,6 +69,8 @@ def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, p
             # One network: wrap its images into rows of 8 instead of one long strip.
             rows = wrap_rows(rows[0], 8)
         size = max(r.shape[1] for r in rows)
+        channels = max(r.shape[-1] for r in rows)  # a grayscale network next to RGB ones: shown as gray RGB
+        rows = [np.repeat(r, channels, axis=-1) if r.shape[-1] == 1 and channels > 1 else r for r in rows]
         os.makedirs(os.path.dirname(os.path.abspath(grid)), exist_ok=True)
         save_image(image_grid([upscale_to(r, size) for r in rows]), grid)
         print(f'grid: {grid}')

@@ -215,7 +215,8 @@ def check_dataset_kwargs(kwargs, where='training_set_kwargs'):
     """Dataset kwargs read from a file: a dict whose class_name is a dataset class of ours."""
     if not isinstance(kwargs, dict):
         raise UserError(f'{where}: expected a dict of dataset options, found {type(kwargs).__name__}')
-    check_allowed_name(kwargs.get('class_name'), f'{where}.class_name', datasets_only=True)
+    if 'class_name' in kwargs:  # without one nothing is named (callers default to ImageFolderDataset)
+        check_allowed_name(kwargs['class_name'], f'{where}.class_name', datasets_only=True)
     for key in kwargs:
         if not isinstance(key, str) or not key.isidentifier():
             raise UserError(f'{where}: {key!r} is not an option name')
@@ -242,6 +243,17 @@ def call_func_by_name(*args, func_name=None, **kwargs):
 
 def construct_class_by_name(*args, class_name=None, **kwargs):
     return call_func_by_name(*args, func_name=class_name, **kwargs)
+
+
+def strict_json(obj):
+    """``obj`` with NaN and infinities replaced by None, so ``json.dumps`` writes strict JSON."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float('inf'), float('-inf')) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def format_time(seconds):
