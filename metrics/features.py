@@ -24,6 +24,8 @@ import torch
 
 import dnnlib
 from metrics import detectors
+from torch_utils import distributed
+from torch_utils import misc
 
 # ---------------------------------------------------------------------------------------------
 
@@ -241,7 +243,8 @@ def compute_dataset_features(dataset_kwargs, detector='inception', *, max_items=
             stats.cache_hit = True
             return stats
 
-    det = detectors.load_detector(detector, device=device, detector_dir=detector_dir)
+    with distributed.node_leader_first(rank, enabled=num_gpus > 1):  # a download happens once per node
+        det = detectors.load_detector(detector, device=device, detector_dir=detector_dir)
     stats = FeatureStats(max_items=num_items, **{k: v for k, v in stats_kwargs.items() if k != 'max_items'})
     stats.source = f'dataset {dataset.name} features'
     stats.cache_hit = False if cache else None
@@ -251,7 +254,8 @@ def compute_dataset_features(dataset_kwargs, detector='inception', *, max_items=
     for images, _labels in loader:
         if images.dtype != torch.uint8:
             raise dnnlib.util.UserError(f'{dataset_kwargs.get("path", dataset.name)}: images must be uint8, got {images.dtype}')
-        features = detectors.run_detector(det, images.to(device), **det_kwargs)
+        with misc.frozen_network_scope():
+            features = detectors.run_detector(det, images.to(device), **det_kwargs)
         stats.append_torch(features, num_gpus=num_gpus, rank=rank)
         monitor.update(stats.num_items)
 
@@ -338,7 +342,8 @@ def compute_generator_features(G, detector='inception', *, num_items, dataset_kw
         raise dnnlib.util.UserError(f'batch_gen {batch_gen} must divide batch_size {batch_size}')
 
     G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
-    det = detectors.load_detector(detector, device=device, detector_dir=detector_dir)
+    with distributed.node_leader_first(rank, enabled=num_gpus > 1):
+        det = detectors.load_detector(detector, device=device, detector_dir=detector_dir)
     # detector_kwargs: another output of the same detector (is50k: Inception softmax without output bias).
     det_kwargs = detectors.detector_kwargs(detector) if detector_kwargs is None else dict(detector_kwargs)
     stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=num_items)
@@ -359,7 +364,8 @@ def compute_generator_features(G, detector='inception', *, num_items, dataset_kw
                 img = G(z[start:start + batch_gen].to(device), c[start:start + batch_gen].to(device),
                         truncation_psi=truncation_psi, noise_mode=noise_mode, **G_kwargs)
                 images.append(images_to_uint8(img))
-            features = detectors.run_detector(det, torch.cat(images), **det_kwargs)
+            with misc.frozen_network_scope():
+                features = detectors.run_detector(det, torch.cat(images), **det_kwargs)
             stats.append_torch(features, num_gpus=num_gpus, rank=rank)
             monitor.update(stats.num_items)
             step += 1

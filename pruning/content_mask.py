@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dnnlib
+from torch_utils import misc
 
 MODES = ('uniform', 'face')
 RESIZE_MODES = ('nearest', 'bilinear')
@@ -70,7 +71,7 @@ def content_mask(parser, img, mode='uniform', parse_size=512, resize='nearest', 
     if parser is None:
         raise dnnlib.util.UserError('--mask face: needs a BiSeNet face-parser checkpoint (--face-parser PATH_OR_URL)')
 
-    with torch.no_grad():
+    with torch.no_grad(), misc.frozen_network_scope():
         mask = content_labels(face_labels(parser, img, parse_size=parse_size, quantize=quantize))
         mask = mask[:, None].float()
         if tuple(mask.shape[2:]) != (h, w):

@@ -34,11 +34,11 @@ def local_rank(rank):
 
 
 @contextlib.contextmanager
-def node_leader_first(rank):
-    """Run the body on each node's local rank 0, then on the others. Every rank must enter; the
-    body must not hold collectives. A leader that raises does not reach the barrier: the others
-    are stopped by ``stop_all_ranks_on_error``."""
-    active = is_multiprocess()
+def node_leader_first(rank, enabled=True):
+    """Run the body on each node's local rank 0, then on the others. Every rank must enter (or
+    pass ``enabled=False``); the body must not hold collectives. A leader that raises does not
+    reach the barrier: the others are stopped by ``stop_all_ranks_on_error``."""
+    active = enabled and is_multiprocess()
     leader = local_rank(rank) == 0
     if active and not leader:
         torch.distributed.barrier()

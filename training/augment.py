@@ -74,8 +74,13 @@ def scale2d(sx, sy, device=None):
     return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], device)
 
 
+def _angle(theta, device):
+    return theta.to(torch.float32) if isinstance(theta, torch.Tensor) else misc.constant(theta, dtype=torch.float32, device=device)
+
+
 def rotate2d(theta, device=None):
-    c, s = torch.cos(torch.as_tensor(theta, dtype=torch.float32, device=device)), torch.sin(torch.as_tensor(theta, dtype=torch.float32, device=device))
+    theta = _angle(theta, device)
+    c, s = torch.cos(theta), torch.sin(theta)
     return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], device)
 
 
@@ -89,7 +94,7 @@ def scale3d(sx, sy, sz, device=None):
 
 def rotate3d(axis, theta, device=None):
     """Rotation by ``theta`` about the unit ``axis`` (Rodrigues' formula), as a 4x4 matrix."""
-    theta = torch.as_tensor(theta, dtype=torch.float32, device=device)
+    theta = _angle(theta, device)
     x, y, z = [float(a) for a in axis[:3]]
     c, s = torch.cos(theta), torch.sin(theta)
     k = 1 - c
@@ -339,7 +344,7 @@ class AugmentPipe(torch.nn.Module):
         extent = torch.minimum(extent, misc.constant([width - 1, height - 1] * 2, dtype=torch.float32, device=device))
         return extent.ceil()
 
-    def _apply_geometry(self, images, G_inv, margin=None):
+    def _apply_geometry(self, images, G_inv, margin=None, margin_tensor=None):
         batch_size, num_channels, height, width = images.shape
         device = images.device
         pad = self.Hz_geom.shape[0] // 4  # filter support, in low-resolution pixels
@@ -349,7 +354,10 @@ class AugmentPipe(torch.nn.Module):
             margin = self._geometry_margin(G_inv, width, height, device).tolist()
         mx0, my0, mx1, my1 = [int(v) for v in margin]
         images = F.pad(input=images, pad=[mx0, mx1, my0, my1], mode='reflect')
-        G_inv = translate2d((mx0 - mx1) / 2, (my0 - my1) / 2, device) @ G_inv
+        if margin_tensor is not None:  # the same numbers, from the device copy (no new constants per call)
+            G_inv = translate2d((margin_tensor[0] - margin_tensor[2]) / 2, (margin_tensor[1] - margin_tensor[3]) / 2, device) @ G_inv
+        else:
+            G_inv = translate2d((mx0 - mx1) / 2, (my0 - my1) / 2, device) @ G_inv
 
         # Upsample 2x; the even-length filter shifts the grid by half a high-resolution pixel.
         images = _fold_batch(upfirdn2d.upsample2d, images, f=self.Hz_geom.float(), up=2)
@@ -358,7 +366,12 @@ class AugmentPipe(torch.nn.Module):
 
         # Resample at 2x (plus the filter margin) in normalised coordinates.
         shape = [batch_size, num_channels, (height + pad * 2) * 2, (width + pad * 2) * 2]
-        G_inv = scale2d(2 / images.shape[3], 2 / images.shape[2], device) @ G_inv @ scale2d_inv(2 / shape[3], 2 / shape[2], device)
+        if margin_tensor is not None:  # images.shape[2:] from the device copy of the padding
+            sx = 2 / ((margin_tensor[0] + margin_tensor[2] + width) * 2)
+            sy = 2 / ((margin_tensor[1] + margin_tensor[3] + height) * 2)
+        else:
+            sx, sy = 2 / images.shape[3], 2 / images.shape[2]
+        G_inv = scale2d(sx, sy, device) @ G_inv @ scale2d_inv(2 / shape[3], 2 / shape[2], device)
         grid = F.affine_grid(theta=G_inv[:, :2, :].to(images.dtype), size=shape, align_corners=False)
         images = F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
 
@@ -413,7 +426,7 @@ class AugmentPipe(torch.nn.Module):
         if any(getattr(self, k) > 0 for k in augpipe_specs['bg']):
             G_inv, chosen = self._draw_geometry(batch_size, width, height, device)
             margin = self._geometry_margin(G_inv, width, height, device)
-            stages.append((lambda x, G_inv=G_inv: self._apply_geometry(x, G_inv, host_margin), chosen))
+            stages.append((lambda x, G_inv=G_inv, margin=margin: self._apply_geometry(x, G_inv, host_margin, margin), chosen))
         if any(getattr(self, k) > 0 for k in augpipe_specs['color']):
             C, chosen = self._draw_color(batch_size, num_channels, device)
             stages.append((lambda x, C=C: self._apply_color(x, C), chosen))

@@ -20,6 +20,7 @@ import contextlib
 import torch
 
 import dnnlib
+from torch_utils import misc
 from torch_utils import vgg16
 
 VGG16_URL = vgg16.VGG16_URL
@@ -72,12 +73,38 @@ class LPIPS(torch.nn.Module):
         # Always an evaluation network; a parent's .train() must not change that.
         return super().train(False)
 
+    def _precision(self, x):
+        """float32 even under autocast (``force_fp32``); TF32 as for every frozen network."""
+        stack = contextlib.ExitStack()
+        if self.force_fp32:
+            stack.enter_context(torch.autocast(device_type=x.device.type, enabled=False))
+        stack.enter_context(misc.frozen_network_scope())
+        return stack
+
+    def features(self, x, normalize=False):
+        """The unit-normalised VGG16 features of one input (a list): what ``distance_to_features``
+        compares against. For a fixed target (e.g. a teacher's image) call it under no_grad."""
+        assert x.ndim == 4 and x.shape[1] == 3, x.shape
+        with self._precision(x):
+            x = x.to(self.shift.dtype)
+            if normalize:
+                x = x * 2 - 1
+            return [_unit_normalize(f) for f in self.vgg((x - self.shift) / self.scale, taps=_TAPS)]
+
+    def distance_to_features(self, x0, feats1, normalize=False):
+        """LPIPS per sample between ``x0`` and the input whose ``features`` are ``feats1``."""
+        feats0 = self.features(x0, normalize=normalize)
+        with self._precision(x0):
+            dist = 0
+            for f0, f1, lin in zip(feats0, feats1, self.lins):
+                dist = dist + lin((f0 - f1.to(f0.dtype)).square()).mean(dim=(2, 3))
+            return dist[:, 0]
+
     def forward(self, x0, x1, normalize=False):
         """LPIPS distance per sample, shape [N]. Inputs NCHW RGB in [-1, 1] (``normalize=True``:
         in [0, 1]). Both inputs go through VGG16 as one batch."""
         assert x0.ndim == 4 and x0.shape == x1.shape and x0.shape[1] == 3, (x0.shape, x1.shape)
-        autocast_off = torch.autocast(device_type=x0.device.type, enabled=False) if self.force_fp32 else contextlib.nullcontext()
-        with autocast_off:
+        with self._precision(x0):
             x = torch.cat([x0, x1]).to(self.shift.dtype)  # the network's dtype (float32 unless cast)
             if normalize:
                 x = x * 2 - 1

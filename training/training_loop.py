@@ -347,11 +347,11 @@ class NonFiniteMonitor:
     def check(self, modules):
         """One host read: EasyDict(consecutive, streak_start, total, weights_finite, names)."""
         params = [p for m in modules for p in m.parameters()]
-        weights_ok = torch.isfinite(torch.nn.utils.get_total_norm(params)) if params else torch.ones([], dtype=torch.bool)
+        norms = torch.stack([torch.linalg.vector_norm(p.detach()) for p in params]) if params else self.total.new_zeros([1])
         parts = [torch.stack([self.consecutive, self.streak_start, self.total]).to(torch.float64),
-                 weights_ok.to(device=self.consecutive.device, dtype=torch.float64).reshape(1)]
+                 torch.isfinite(norms).all().to(torch.float64).reshape(1)]
         parts += [v.to(torch.float64) for v in self.last_bad.values()]
-        values = torch.cat(parts).cpu().tolist()
+        values = torch.cat(parts).tolist()
         out = dnnlib.EasyDict(consecutive=int(values[0]), streak_start=int(values[1]), total=int(values[2]),
                               weights_finite=bool(values[3]), names=[])
         pos = 4
@@ -369,6 +369,31 @@ class NonFiniteMonitor:
         self.consecutive.fill_(int(state['consecutive']))
         self.streak_start.fill_(int(state['streak_start']))
         self.total.fill_(int(state['total']))
+
+def open_stats_outputs(run_dir, resume_state, stats_lines, cur_nimg, log):
+    """stats.jsonl (on a resume: the first ``stats_lines`` lines of the resumed run's file, nothing
+    after them) opened for appending, and the TensorBoard writer (purged past the resumed kimg).
+    Returns (stats_jsonl, stats_tfevents or None, stats_lines)."""
+    stats_path = os.path.join(run_dir, 'stats.jsonl')
+    prefix = []
+    if resume_state is not None:
+        src = os.path.join(os.path.dirname(os.path.abspath(resume_state)), 'stats.jsonl')
+        if os.path.isfile(src):
+            with open(src, 'rt') as f:
+                prefix = f.readlines()[:stats_lines]
+        if len(prefix) < stats_lines:
+            log(f'  note: {src} has {len(prefix)} of the {stats_lines} lines the state expects')
+    with dnnlib.util.atomic_open(stats_path, 'wt') as f:
+        f.writelines(prefix)
+    stats_jsonl = open(stats_path, 'at')
+    stats_tfevents = None
+    try:
+        import torch.utils.tensorboard as tensorboard
+        purge = int(cur_nimg / 1e3) + 1 if resume_state is not None else None
+        stats_tfevents = tensorboard.SummaryWriter(run_dir, purge_step=purge)
+    except ImportError as err:
+        log(f'Skipping tfevents export: {err}')
+    return stats_jsonl, stats_tfevents, len(prefix)
 
 # ---------------------------------------------------------------------------------------------
 
@@ -581,25 +606,8 @@ def training_loop(
     stats_jsonl = None
     stats_tfevents = None
     if is_main:
-        stats_path = os.path.join(run_dir, 'stats.jsonl')
-        prefix = []
-        if state is not None:
-            src = os.path.join(os.path.dirname(os.path.abspath(resume_state)), 'stats.jsonl')
-            if os.path.isfile(src):
-                with open(src, 'rt') as f:
-                    prefix = f.readlines()[:stats_lines]
-            if len(prefix) < stats_lines:
-                log(f'  note: {src} has {len(prefix)} of the {stats_lines} lines the state expects')
-        with dnnlib.util.atomic_open(stats_path, 'wt') as f:
-            f.writelines(prefix)
-        stats_lines = len(prefix)
-        stats_jsonl = open(stats_path, 'at')
-        try:
-            import torch.utils.tensorboard as tensorboard
-            purge = int(cur_nimg / 1e3) + 1 if state is not None else None
-            stats_tfevents = tensorboard.SummaryWriter(run_dir, purge_step=purge)
-        except ImportError as err:
-            log(f'Skipping tfevents export: {err}')
+        stats_jsonl, stats_tfevents, stats_lines = open_stats_outputs(
+            run_dir, resume_state if state is not None else None, stats_lines, cur_nimg, log)
 
     metric_main = None
     if metrics:
