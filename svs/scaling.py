@@ -68,14 +68,43 @@ def synthesis_prefix(module):
     return None
 
 
+def is_ddpm_unet(module):
+    """A diffusers UNet2DModel (or anything shaped like one: conv_in, time_embedding, down_blocks)."""
+    return all(hasattr(module, a) for a in ('conv_in', 'time_embedding', 'down_blocks', 'conv_out'))
+
+
+def ddpm_names(module):
+    """The DDPM rule of the paper's code: every parameter whose name lacks "norm" (all convs and
+    linears incl. conv_in and conv_out, time-embedding linears, attention q/k/v/out, resample and
+    shortcut convs, with their biases); GroupNorm affines are left to ``reset_group_norm_affine_``."""
+    return [name for name, _param in module.named_parameters() if 'norm' not in name]
+
+
+def reset_group_norm_affine_(module):
+    """Set every GroupNorm affine to weight 1, bias 0 (in place); returns the names reset.
+
+    The official DDPM SVS code does this after scaling although the paper does not mention it; our
+    Table 3 configs do it by default (option ``svs_reset_norm``)."""
+    names = []
+    with torch.no_grad():
+        for name, m in module.named_modules():
+            if isinstance(m, torch.nn.GroupNorm) and m.affine:
+                m.weight.fill_(1)
+                m.bias.zero_()
+                names.append(name)
+    return names
+
+
 def default_names(module):
-    """The parameters the paper scales: every synthesis weight and bias.
+    """The parameters the paper scales: every synthesis weight and bias (DDPM: ``ddpm_names``).
 
     StyleGAN2: modulated conv weights/biases, affine weights/biases, toRGB (all named *.weight or
     *.bias); const, noise_strength, buffers and the mapping network are left alone.
     StyleGAN3: every synthesis weight/bias, incl. input.weight, input.affine and the final toRGB.
     A module that is neither gets every parameter named *.weight / *.bias.
     """
+    if is_ddpm_unet(module):
+        return ddpm_names(module)
     prefix = synthesis_prefix(module)
     names = []
     for name, _param in module.named_parameters():

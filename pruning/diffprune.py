@@ -1,0 +1,196 @@
+"""Diff-Prune (Fang et al. 2023) for diffusers ``UNet2DModel``: structural channel pruning by torch-pruning.
+
+What VainF/Diff-Pruning does for Table 3 (and we do): torch-pruning's dependency graph traced with
+one 1x3xHxW input at t=1; every group rooted at a Conv2d/Linear except ``conv_out`` is pruned
+locally (each layer keeps the same fraction) in one step; groups that contain a GroupNorm are cut
+by the same channels in each of its groups. Importance: ``taylor`` (|w * dL/dw| with gradients from
+ONE batch with fixed noise accumulated over t = 0, 1, 2, ... until the loss drops below
+``thr`` x its maximum), ``magnitude`` (L2 of the weights) or ``random``.
+
+Channel counts depend only on the widths, the ratio and the GroupNorm groups. torch-pruning changed
+its GroupNorm rounding in 1.4.1, so we compute the counts ourselves and only use torch-pruning (pinned
+1.6.1) for the dependency graph, the importance scores and the physical removal:
+
+- ``rounding='legacy'`` (default; the copy bundled with Diff-Pruning and pip releases <= 1.4.0, which
+  made Table 3): a GroupNorm'd layer of C channels loses 32*((C - int(C*(1-r)))//32) channels (the
+  group count in place of 32);
+- ``rounding='per-group'`` (torch-pruning >= 1.4.1): it keeps G*int((C/G)*(1-r));
+- layers without GroupNorm keep int(C*(1-r)) either way.
+
+MACs are counted the way ddim's UNet counts them (``count_ddim_macs``): torch-pruning's counter plus
+the biases of the attention projections, which ddim implements as 1x1 convolutions (counted with
+their bias) and diffusers as linears (counted without).
+"""
+import torch
+
+import dnnlib
+from dnnlib.util import UserError
+
+IMPORTANCES = ('taylor', 'magnitude', 'random')
+ROUNDINGS = ('legacy', 'per-group')
+
+
+def example_inputs(unet, batch=1):
+    res = int(unet.config.sample_size)
+    return dict(sample=torch.randn(batch, unet.config.in_channels, res, res), timestep=torch.ones((batch,), dtype=torch.long))
+
+
+def count_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def count_ddim_macs(unet):
+    """(MACs, params) of one forward at batch 1, as ddim's UNet is counted (see module doc)."""
+    import torch_pruning as tp
+    from diffusers.models.attention_processor import Attention
+    extra = []
+    hooks = []
+    for m in unet.modules():
+        if isinstance(m, Attention):
+            for lin in (m.to_q, m.to_k, m.to_v, m.to_out[0]):
+                if lin.bias is not None:
+                    hooks.append(lin.register_forward_hook(lambda mod, inp, out: extra.append(out.numel())))
+    try:
+        was_training = unet.training
+        macs, params = tp.utils.count_ops_and_params(unet.eval(), example_inputs(unet))
+        unet.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(macs) + sum(extra), int(params)
+
+
+def _group_norm_groups(group):
+    groups = [dep.target.module.num_groups for dep, _ in group if isinstance(dep.target.module, torch.nn.GroupNorm)]
+    return max(groups) if groups else 1
+
+
+def channels_to_remove(channels, ratio, norm_groups=1, rounding='legacy'):
+    """How many channels of a layer of ``channels`` are removed (a multiple of ``norm_groups``)."""
+    if rounding not in ROUNDINGS:
+        raise UserError(f'--rounding: expected one of {", ".join(ROUNDINGS)}, got {rounding!r}')
+    if norm_groups <= 1:
+        return channels - int(channels * (1 - ratio))
+    if rounding == 'legacy':
+        return norm_groups * ((channels - int(channels * (1 - ratio))) // norm_groups)
+    per_group = channels // norm_groups
+    return channels - norm_groups * int(per_group * (1 - ratio))
+
+
+def taylor_gradients(unet, images, diffusion, thr=0.05, seed=0, verbose=True):
+    """Accumulate dL/dw of ONE batch (fixed noise) over t = 0, 1, ... until loss < thr * max loss.
+
+    ``images``: float tensor [N, C, H, W] in [-1, 1]. Returns the number of timesteps used."""
+    from training import diffusion as diff
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=gen)
+    unet.zero_grad(set_to_none=True)
+    unet.requires_grad_(True)
+    max_loss = 0.0
+    used = 0
+    for t in range(diffusion.num_timesteps):
+        tt = torch.full((images.shape[0],), t, dtype=torch.long)
+        x_t = diff.q_sample(diffusion, images, tt, noise)
+        loss = torch.nn.functional.mse_loss(unet(x_t, tt).sample, noise)
+        loss.backward()
+        used += 1
+        value = float(loss.detach())
+        max_loss = max(max_loss, value)
+        if verbose and t % 100 == 0:
+            print(f'diffprune taylor: t={t} loss {value:.5f} (max {max_loss:.5f})')
+        if value < max_loss * thr:
+            break
+    return used
+
+
+def _importance(name):
+    import torch_pruning as tp
+    if name == 'taylor':
+        return tp.importance.TaylorImportance()
+    if name == 'magnitude':
+        return tp.importance.MagnitudeImportance(p=2)
+    if name == 'random':
+        return tp.importance.RandomImportance()
+    raise UserError(f'--importance: expected one of {", ".join(IMPORTANCES)}, got {name!r}')
+
+
+def prune_unet(unet, ratio, importance='taylor', rounding='legacy', images=None, diffusion=None, thr=0.05, seed=0,
+               verbose=True):
+    """Prune ``unet`` in place (channels physically removed) and return a report EasyDict.
+
+    ``images``/``diffusion``: the batch and schedule of the Taylor gradients (taylor only)."""
+    import torch_pruning as tp
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+    if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
+        raise UserError(f'--ratio: expected a number in [0, 1), got {ratio!r}')
+    imp = _importance(importance)
+    if importance == 'taylor':
+        if images is None or diffusion is None:
+            raise UserError('diffprune: taylor importance needs a batch of training images and the noise schedule')
+        steps = taylor_gradients(unet, images, diffusion, thr=thr, seed=seed, verbose=verbose)
+    else:
+        steps = 0
+    torch.manual_seed(seed)  # random importance
+    before_macs, before_params = count_ddim_macs(unet)
+
+    # Trace with the classic (bmm) attention processor: torch-pruning follows its ops.
+    attentions = [m for m in unet.modules() if isinstance(m, Attention)]
+    processors = [m.processor for m in attentions]
+    for m in attentions:
+        m.set_processor(AttnProcessor())
+
+    def restore():
+        for m, proc in zip(attentions, processors):
+            m.set_processor(proc)
+    unet.eval().requires_grad_(True)  # torch-pruning traces the autograd graph
+    try:
+        graph = tp.DependencyGraph().build_dependency(unet, example_inputs=example_inputs(unet),
+                                                      output_transform=lambda out: out.sample)
+    except Exception as err:  # tracing failures come as many types; one line names the model
+        restore()
+        raise UserError(f'diffprune: torch-pruning cannot trace {type(unet).__name__} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""})')
+    names = {m: n for n, m in unet.named_modules()}
+    layers = []
+    groups = list(graph.get_all_groups(ignored_layers=[unet.conv_out], root_module_types=[torch.nn.Conv2d, torch.nn.Linear]))
+    if not groups:
+        restore()
+        raise UserError(f'diffprune: torch-pruning found no prunable layer in {type(unet).__name__}')
+    for group in groups:
+        root = group[0].dep.target.module
+        handler = group[0].dep.handler
+        channels = graph.get_out_channels(root) if graph.is_out_channel_pruning_fn(handler) else graph.get_in_channels(root)
+        norm_groups = _group_norm_groups(group)
+        n_remove = channels_to_remove(channels, ratio, norm_groups, rounding)
+        if n_remove >= channels or (norm_groups > 1 and n_remove // norm_groups >= channels // norm_groups):
+            restore()
+            raise UserError(f'diffprune: ratio {ratio} would remove every channel of {names.get(root, root)} '
+                            f'({channels} channels, {norm_groups} groups)')
+        if n_remove <= 0:
+            continue
+        scores = imp(group)
+        if scores is None:
+            continue
+        scores = scores.detach().float().cpu()
+        if norm_groups > 1:  # same channels in every group: rank the group-averaged scores
+            per_group = n_remove // norm_groups
+            size = channels // norm_groups
+            ranked = scores.view(norm_groups, size).mean(0).argsort()[:per_group]
+            idxs = torch.cat([ranked + g * size for g in range(norm_groups)])
+        else:
+            idxs = scores.argsort()[:n_remove]
+        idxs = sorted(int(i) for i in idxs)
+        graph.get_pruning_group(root, handler, idxs).prune()
+        layers.append(dnnlib.EasyDict(name=names.get(root, str(root)), channels=channels, removed=len(idxs),
+                                      norm_groups=norm_groups))
+    restore()
+    from training.ddpm_checkpoints import sync_block_attributes
+    sync_block_attributes(unet)
+    unet.zero_grad(set_to_none=True)
+    unet.requires_grad_(False)
+    macs, params = count_ddim_macs(unet)
+    if verbose:
+        print(f'diffprune {importance} r={ratio}: params {before_params / 1e6:.4f}M -> {params / 1e6:.4f}M, '
+              f'MACs {before_macs / 1e9:.4f}G -> {macs / 1e9:.4f}G ({len(layers)} groups pruned)')
+    return dnnlib.EasyDict(ratio=ratio, importance=importance, rounding=rounding, taylor_steps=steps, layers=layers,
+                           params_before=before_params, params=params, macs_before=before_macs, macs=macs)
