@@ -128,11 +128,14 @@ def launch(args):
 @click.option('--num-gen', type=click.IntRange(min=1), default=None,
               help='Override the number of generated samples (smoke tests; the result is then not the named metric).')
 @click.option('--cache/--no-cache', default=True, show_default=True, help='Cache dataset features on disk.')
-@click.option('--verbose/--quiet', default=True, show_default=True, help='Progress on stderr.')
+@click.option('--verbose', type=bool, is_flag=False, flag_value=True, default=True, show_default=True, metavar='[BOOL]',
+              help='Progress on stderr (NVIDIA\'s --verbose=BOOL).')
+@click.option('--quiet', is_flag=True, help='Same as --verbose=False.')
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, metrics, data, mirror, num_gpus, device, detector_dir, run_dir, seed, allow_fewer_real,
-         knn_mode, cache, verbose, num_gen):
+         knn_mode, cache, verbose, quiet, num_gen):
     """Calculate quality metrics of a generator snapshot."""
+    verbose = verbose and not quiet
     metrics = [m.strip() for m in metrics.split(',') if m.strip()]
     if not metrics:
         raise dnnlib.util.UserError('--metrics: no metric given')

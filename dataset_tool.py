@@ -31,7 +31,7 @@ import PIL.Image
 
 import dnnlib
 import dnnlib.cli
-from training import sample_data
+from training import dataset_archives, sample_data
 from training.dataset import is_image_file
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +133,10 @@ def open_source(source, max_images):
             return open_lmdb(source, max_images)
         return open_folder(source, max_images)
     if os.path.isfile(source):
+        if dataset_archives.is_cifar10(source):
+            return Source(source, *dataset_archives.read_cifar10(source, max_images))
+        if dataset_archives.is_mnist(source):
+            return Source(source, *dataset_archives.read_mnist(source, max_images))
         if zipfile.is_zipfile(source):
             return open_zip(source, max_images)
         raise dnnlib.util.UserError(f'--source {source}: not a folder, a .zip or an lmdb folder')
@@ -310,19 +314,29 @@ def parse_resolution(_ctx, _param, value):
 
 
 @click.command(help=__doc__)
-@click.option('--source', metavar='PATH', help='Input: a folder or .zip of images (with optional dataset.json), or an LSUN lmdb folder.')
+@click.option('--source', metavar='PATH', help='Input: a folder or .zip of images (with optional dataset.json), an LSUN lmdb folder, '
+              'cifar-10-python.tar.gz, or MNIST train-images-idx3-ubyte.gz (labels file beside it).')
 @click.option('--dest', metavar='PATH', required=True, help='Output: a .zip file or a new folder.')
 @click.option('--max-images', metavar='INT', type=click.IntRange(min=1), help='Stop after this many images.')
 @click.option('--transform', type=click.Choice(['none', 'center-crop', 'center-crop-wide']), default='none', show_default=True,
               help='Crop before resizing (center-crop-wide keeps the full width and letterboxes).')
 @click.option('--resolution', metavar='WxH', callback=parse_resolution, help='Output size, e.g. 256x256.')
+@click.option('--width', type=click.IntRange(min=1), help='Output width (stylegan2-ada spelling; with --height, instead of --resolution).')
+@click.option('--height', type=click.IntRange(min=1), help='Output height (stylegan2-ada spelling).')
 @click.option('--resize-filter', type=click.Choice(['box', 'lanczos']), default='box', show_default=True,
-              help='Resampling filter; box with integer factors is an exact area average (FFHQ 1024 -> 256).')
+              help='Resampling filter. Our default differs from NVIDIA\'s (lanczos): box with integer factors is an '
+                   'exact area average (FFHQ 1024 -> 256) with no ringing; pass lanczos to build NVIDIA\'s datasets.')
 @click.option('--sample', is_flag=True, help='Write the built-in sample dataset (procedural scenes) instead of converting --source.')
 @click.option('--seed', type=int, default=0, show_default=True, help='Seed of the --sample dataset.')
 @click.option('--preview', metavar='PNG', help='With --sample: also save an 8x8 preview grid.')
 @dnnlib.util.exit_on_user_error
-def main(source, dest, max_images, transform, resolution, resize_filter, sample, seed, preview):
+def main(source, dest, max_images, transform, resolution, width, height, resize_filter, sample, seed, preview):
+    if width is not None or height is not None:
+        if width is None or height is None:
+            raise dnnlib.util.UserError('--width and --height: give both')
+        if resolution is not None and resolution != (width, height):
+            raise dnnlib.util.UserError(f'--resolution {resolution[0]}x{resolution[1]} disagrees with --width/--height {width}x{height}')
+        resolution = (width, height)
     dest_path = os.path.expanduser(dest)
     if source is not None:
         dnnlib.cli.check_distinct(os.path.expanduser(source), dest_path)

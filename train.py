@@ -291,10 +291,24 @@ def build_training_kwargs(data, cfg='auto', gpus=1, batch=None, batch_gpu=None, 
     return c, desc
 
 
+# stylegan2-ada-pytorch's --resume shortcuts (transfer-learning source networks); downloaded once
+# through dnnlib's cached open_url like any URL.
+RESUME_SHORTCUTS = {
+    'ffhq256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl',
+    'ffhq512': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res512-mirror-stylegan2-noaug.pkl',
+    'ffhq1024': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res1024-mirror-stylegan2-noaug.pkl',
+    'celebahq256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl',
+    'lsundog256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl',
+}
+
+
 def resolve_resume(c, resume):
     """Set c.resume_pkl / c.resume_state for ``--resume <pkl>``; weights only -> NVIDIA's resume settings."""
     c.resume_pkl = None
     c.resume_state = None
+    if resume == 'noresume':
+        resume = None
+    resume = RESUME_SHORTCUTS.get(resume, resume)
     if resume is None:
         return
     if not dnnlib.util.is_url(resume, allow_file_urls=True) and not os.path.isfile(resume):
@@ -306,6 +320,8 @@ def resolve_resume(c, resume):
     else:
         c.ada_kimg = 100          # as NVIDIA: p adapts faster, no EMA ramp-up for a trained model
         c.ema_rampup = None
+        if c.get('loss_kwargs', {}).get('blur_init_sigma'):
+            c.loss_kwargs.blur_init_sigma = 0  # as stylegan3: no image blur when fine-tuning a trained stylegan3-r
 
 
 def _precision_text(kwargs):
@@ -568,7 +584,7 @@ def _parse_comma_list(s):
 @click.option('--data',         help='Training data (zip or folder of images)', metavar='[ZIP|DIR]')
 @click.option('--gpus',         help='Number of processes (GPUs, or CPU processes with --device=cpu)', metavar='INT', type=click.IntRange(min=1))
 # Base configuration.
-@click.option('--cfg',          help='Base configuration', type=click.Choice(presets.PRESET_NAMES), default='auto', show_default=True)
+@click.option('--cfg',          help='Base configuration: stylegan2-ada names (stylegan2 = its preset) plus stylegan3-t/-r; stylegan3\'s "stylegan2" config is sg3-stylegan2', type=click.Choice(presets.PRESET_NAMES), default='auto', show_default=True)
 @click.option('--batch',        help='Total batch size', metavar='INT', type=click.IntRange(min=1))
 @click.option('--batch-gpu',    help='Micro-batch size per process and accumulation round', metavar='INT', type=click.IntRange(min=1))
 @click.option('--gamma',        help='R1 regularisation weight', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
@@ -584,7 +600,8 @@ def _parse_comma_list(s):
 @click.option('--target',       help='ADA target value for --aug=ada [default: 0.6]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0, max=1))
 @click.option('--augpipe',      help='Augmentation pipeline', type=click.Choice(['blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc']), default='bgc', show_default=True)
 # Networks and optimisation.
-@click.option('--resume',       help='Resume from a network pickle, or "latest" (continue the run in --outdir exactly)', metavar='[PKL|latest]')
+@click.option('--resume',       help='Resume from a network pickle or URL, a stylegan2-ada shortcut (ffhq256, ffhq512, ffhq1024, celebahq256, lsundog256; noresume = none), or "latest" (continue the run in --outdir exactly)', metavar='[PKL|URL|NAME|latest]')
+@click.option('--freezed',      help='Freeze the first N layers of D (Freeze-D)  [default: 0]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--fp32',         help='Disable mixed precision', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--glr',          help='G learning rate [default: preset]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
 @click.option('--dlr',          help='D learning rate [default: preset]', metavar='FLOAT', type=dnnlib.cli.FiniteFloat(min=0))
@@ -597,6 +614,9 @@ def _parse_comma_list(s):
 @click.option('--seed',         help='Random seed', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--workers',      help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0))
 @click.option('--nobench',      help='Disable cuDNN benchmarking', metavar='BOOL', type=bool)
+@click.option('--allow-tf32',   help='Allow TF32 for the trained networks (as stylegan2-ada; stylegan3 never does)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--frozen-tf32',  help='TF32 for frozen networks: teacher, LPIPS, face parser, metric detectors (k-NN metrics stay exact)', metavar='BOOL', type=bool, default=True, show_default=True)
+@click.option('--nhwc',         help='Use NHWC (channels_last) memory format in the FP16 layers', metavar='BOOL', type=bool)
 @click.option('--device',       help='Device', type=click.Choice(['auto', 'cpu', 'cuda']))
 @click.option('--grid',         help='Sample-grid size WxH [default: as NVIDIA, up to 32x32]', metavar='WxH')
 @click.option('--desc',         help='String to append to the run directory name', metavar='STR')
@@ -653,9 +673,20 @@ def main(**kwargs):
         tick=opts.tick, workers=_default(opts.workers, 3), nobench=_default(opts.nobench, False),
         device=_default(opts.device, 'auto'), grid=opts.grid)
     desc = add_distillation(c, opts, desc)
+    c.allow_tf32 = bool(opts.allow_tf32)
+    c.frozen_tf32 = bool(opts.frozen_tf32)
     resolve_resume(c, opts.resume)
     if opts.resume is not None:
-        desc += '-resume'
+        desc += '-noresume' if opts.resume == 'noresume' else f'-resume{opts.resume}' if opts.resume in RESUME_SHORTCUTS else '-resume'
+    if opts.cfg == 'stylegan2':
+        print('note: --cfg=stylegan2 is stylegan2-ada-pytorch\'s preset; stylegan3\'s "stylegan2" config is --cfg=sg3-stylegan2')
+    if opts.freezed:
+        c.D_kwargs.setdefault('block_kwargs', dnnlib.EasyDict()).freeze_layers = opts.freezed
+        desc += f'-freezed{opts.freezed:d}'
+    if opts.nhwc:
+        c.D_kwargs.setdefault('block_kwargs', dnnlib.EasyDict()).fp16_channels_last = True
+        if c.G_kwargs.class_name.endswith('networks_stylegan2.Generator'):  # StyleGAN3 layers have no NHWC option
+            c.G_kwargs.setdefault('synthesis_kwargs', dnnlib.EasyDict()).fp16_channels_last = True
     if opts.desc:
         desc += f'-{opts.desc}'
     run_dir = _agree_run_dir(opts.outdir, desc, tr, opts.dry_run)
