@@ -529,6 +529,12 @@ def add_distillation(c, opts, desc):
     return f'{desc}-{recipe}-{o.init}'
 
 
+def check_config_file(path):
+    """The ``--config`` checks that need no command line (readable YAML, known keys, values of the
+    options' types), so that pipeline.py can refuse a bad config before its first stage."""
+    apply_config(dnnlib.EasyDict(), path, click.Context(main))
+
+
 def apply_config(opts, path, ctx):
     """Fill ``opts`` from a YAML file whose keys are option names ('-' or '_'); options given on the
     command line win. Values go through the options' own click types. The metadata blocks

@@ -171,6 +171,15 @@ def test_loop_sets_tf32_from_its_options(data_zip, tmp_path):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         misc.set_frozen_tf32(True)
 
+def test_train_cli_records_tf32_options(data_zip, tmp_path):
+    from click.testing import CliRunner
+    args = ['--outdir', str(tmp_path), '--data', data_zip, '--cfg', 'cifar', '--device', 'cpu', '--metrics', 'none', '-n']
+    for extra, expected in [([], (False, True)), (['--allow-tf32', '1', '--frozen-tf32', '0'], (True, False))]:
+        result = CliRunner().invoke(train.main, args + extra)
+        assert result.exit_code == 0, result.output
+        assert f'"allow_tf32": {json.dumps(expected[0])}' in result.output
+        assert f'"frozen_tf32": {json.dumps(expected[1])}' in result.output
+
 # ---------------------------------------------------------------------------------------------
 # 3. Host syncs and host-to-device copies per step.
 

@@ -233,9 +233,10 @@ class DistillTerm:
             out['lpips'] = self.lpips.distance_to_features(s_in, t_feats).mean() * self.lpips_weight
         if self.vgg is not None:  # full resolution, [-1, 1] -> [0, 1], no ImageNet normalisation
             s_in, t_in = (s_img, t_img) if mask is None else (s_img * mask, t_img * mask)
-            feats = self.vgg((torch.cat([s_in, t_in]) + 1) / 2, taps=GS_VGG_TAPS)
-            fs = [f[:batch] for f in feats]
-            ft = [f[batch:].detach() for f in feats]
+            with misc.frozen_network_scope():
+                fs = self.vgg((s_in + 1) / 2, taps=GS_VGG_TAPS)
+                with torch.no_grad():  # the teacher's half: no gradient, no activations kept
+                    ft = self.vgg((t_in + 1) / 2, taps=GS_VGG_TAPS)
             out['vgg'] = gs_perceptual_loss(fs, ft) * self.vgg_weight
         if self.bank is not None:
             ld = 0

@@ -21,8 +21,9 @@ Extension points (for distillation, without copying this class):
   mixing cut-off and second z) and applies the same offsets it put into ``synthesis_ws``.
 
 NaN/Inf: every reported loss value is checked on the device without a host sync;
-``pop_finite_flags()`` hands the flags to the training loop, which stops the run with
-``NonFiniteLossError`` naming the step and the term.
+``pop_finite_flags()`` hands the flags to the training loop, which sends them through its gradient
+all-reduce, sanitises non-finite gradients (as NVIDIA) and raises ``NonFiniteLossError``, naming
+the terms and the first step, only when they persist (10 consecutive steps) or reach the weights.
 """
 import contextlib
 
@@ -35,7 +36,7 @@ from torch_utils import training_stats
 
 
 class NonFiniteLossError(dnnlib.util.UserError):
-    """A loss term became NaN or Inf; the message names the step and the term."""
+    """Non-finite values persisted or reached the weights; the message names the terms and the step."""
 
 
 def _no_weight_gradients(enabled):
