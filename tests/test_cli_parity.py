@@ -232,3 +232,20 @@ def test_dataset_tool_mnist_archive_width_height_and_filter_note(tmp_path):
     assert r.exit_code != 0 and '--height' in r.output
     help_text = CliRunner().invoke(dataset_tool.main, ['--help']).output
     assert 'lanczos' in help_text and "NVIDIA" in help_text
+
+# ---------------------------------------------------------------------------------------------
+# environment.yml
+
+
+def test_environment_yml_uses_live_channels_and_pins_a_supported_torch():
+    import yaml
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / 'environment.yml').read_text()
+    env = yaml.safe_load(text)
+    assert env['channels'] == ['conda-forge']  # the `pytorch` channel stopped publishing after 2.5
+    conda = [d for d in env['dependencies'] if isinstance(d, str)]
+    pip = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict))
+    assert not any(d.startswith(('pytorch', 'pytorch-cuda')) for d in conda)
+    torch_pin = next(p for p in pip if p.startswith('torch=='))
+    triton_pin = next(p for p in pip if p.startswith('triton=='))
+    assert f'{torch_pin.split("==")[1]} + CUDA 13.0, {triton_pin.replace("==", " ")}' in text  # the stated support
