@@ -242,7 +242,7 @@ class _AugCalls:
     n = 0
 
 
-def _per_step(data_zip, tmp_path, monkeypatch, **aug):
+def _per_step(data_zip, tmp_path, monkeypatch, distill_files=None, **aug):
     counter = SyncCounter(monkeypatch)
     marks = _StepMarks(counter)
     forward = augment.AugmentPipe.forward
@@ -254,6 +254,11 @@ def _per_step(data_zip, tmp_path, monkeypatch, **aug):
     c = _kwargs(data_zip, kimg=0.048, tick=1, **aug)  # 12 steps; ticks after steps 0 and 11 only
     c.network_snapshot_ticks = None
     c.step_hooks = [marks]
+    if distill_files is not None:  # the distillation path: teacher forward, L1, LPIPS, LD
+        c.extra_networks = dict(teacher=dnnlib.util.construct_class_by_name(**dict(c.G_kwargs, c_dim=0, img_resolution=32,
+                                                                                   img_channels=3)))
+        c.loss_kwargs.terms = [dict(class_name='training.distill.DistillTerm', l1_weight=3, lpips_weight=3, ld_weight=30,
+                                    lpips_vgg=distill_files.vgg_path, lpips_lin=distill_files.lin_path)]
     _run(tmp_path, c)
     counter.on = False
     first, last = marks.marks[1], marks.marks[-1]  # steps 2..11: no tick inside
@@ -262,9 +267,23 @@ def _per_step(data_zip, tmp_path, monkeypatch, **aug):
     return (last[0] - first[0]) / steps, (last[1] - first[1]) / steps, (last[3] - first[3]) / steps, sites
 
 
-@pytest.mark.parametrize('aug', [dict(aug='noaug'), dict(aug='fixed', p=0.5)], ids=['noaug', 'augment'])
-def test_host_syncs_per_step_at_most_nvidia(aug, data_zip, tmp_path, monkeypatch):
-    reads, copies, aug_calls, sites = _per_step(data_zip, tmp_path, monkeypatch, **aug)
+def test_sync_counter_sees_reads_and_copies(monkeypatch):
+    counter = SyncCounter(monkeypatch)
+    x = torch.randn([3])
+    counter.on = True
+    x.sum().item(), x.tolist(), bool(x[0] > 0), float(x[1])   # 4 host reads
+    x.to(torch.device('cpu')), x.to('cpu', torch.float64), torch.tensor([1.0], device='cpu'), torch.as_tensor(2.0, device='cpu')  # 4 copies
+    x.to(torch.float64), torch.as_tensor([1.0]), torch.zeros([2], device='cpu')  # no device target / made on the device
+    counter.on = False
+    assert (counter.reads, counter.copies) == (4, 4), counter.sites
+
+
+@pytest.mark.parametrize('aug', [dict(aug='noaug'), dict(aug='fixed', p=0.5), dict(aug='noaug', distill=True)],
+                         ids=['noaug', 'augment', 'distill'])
+def test_host_syncs_per_step_at_most_nvidia(aug, data_zip, tmp_path, monkeypatch, lpips_files):  # noqa: F811 (fixture)
+    aug = dict(aug)
+    files = lpips_files if aug.pop('distill', False) else None
+    reads, copies, aug_calls, sites = _per_step(data_zip, tmp_path, monkeypatch, distill_files=files, **aug)
     print(f'per step: {reads:g} host reads, {copies:g} host-to-device copies, {aug_calls:g} augment calls; {dict(sites)}')
     # NVIDIA's loop per step: 3 host-to-device copies (reals, their labels, the generated labels),
     # and in the augment pipe's geometric stage one read of the padding per call.
