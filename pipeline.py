@@ -516,6 +516,9 @@ def run_pipeline(outdir='runs/pipeline', teacher=None, data=None, method='dcp', 
         raise dnnlib.util.UserError(f'--data {data}: no such file or folder')
     if config is not None and not os.path.isfile(config):
         raise dnnlib.util.UserError(f'--config {config}: no such file')
+    if config is not None:
+        import train  # train.py's own option table decides what a config may hold; checked before any stage
+        train.check_config_file(config)
     scorers.get_scorer(method)
     channels.check_ratio(ratio)
     svs = svs_module.parse_fn(svs)[0]

@@ -79,6 +79,8 @@ def load_network_bytes(data, source='<bytes>', allow_code=False, device='cpu', v
             out[key] = out[key].eval().requires_grad_(False).to(device)
     if out.G_ema is None:
         raise UserError(f'{source}: the checkpoint holds no generator')
+    if out.training_set_kwargs is not None:  # a tool may construct it: it must name one of our dataset classes
+        dnnlib.util.check_dataset_kwargs(out.training_set_kwargs, f'{source}: training_set_kwargs')
     return out
 
 
