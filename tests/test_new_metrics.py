@@ -289,3 +289,29 @@ def test_training_prints_the_metric_json_line_into_log_txt(tmp_path, det_dir, mo
     lines = [json.loads(s) for s in (run_dir / 'log.txt').read_text().splitlines() if s.startswith('{"results"')]
     assert lines and lines[-1]['metric'] == 'ppl2_wend' and 'ppl2_wend' in lines[-1]['results']
     assert lines[-1]['snapshot_pkl'].startswith('network-snapshot-')
+
+
+def _sharded(rank, num_gpus, det_dir, out_dir, init_file):
+    torch.set_num_threads(1)
+    if num_gpus > 1:
+        torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=num_gpus)
+    try:
+        value, scores = ppl.compute_ppl(tiny_sg2(), num_samples=7, space='z', sampling='full', crop=True, batch_size=2,
+                                        detector_dir=det_dir, num_gpus=num_gpus, rank=rank)
+        psnrs = eq.compute_equivariance(tiny_sg3(), num_samples=10, kinds=('int', 'rot'), num_gpus=num_gpus, rank=rank)
+        np.savez(os.path.join(out_dir, f'w{num_gpus}_r{rank}.npz'), ppl=value, scores=scores, eq=np.array(psnrs))
+    finally:
+        if num_gpus > 1:
+            torch.distributed.destroy_process_group()
+
+
+def test_two_processes_give_the_one_process_ppl_and_equivariance(det_dir, tmp_path):
+    init_file = str(tmp_path / 'init')
+    _sharded(0, 1, det_dir, str(tmp_path), init_file)
+    torch.multiprocessing.spawn(_sharded, args=(2, det_dir, str(tmp_path), init_file), nprocs=2)
+    one = np.load(tmp_path / 'w1_r0.npz')
+    assert one['scores'].shape == (7,)
+    for rank in (0, 1):
+        two = np.load(tmp_path / f'w2_r{rank}.npz')
+        np.testing.assert_array_equal(two['scores'], one['scores'])
+        np.testing.assert_allclose(two['eq'], one['eq'], rtol=1e-9)
