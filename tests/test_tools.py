@@ -191,7 +191,7 @@ class PixelEmbedding(torch.nn.Module):
         return f / f.shape[1] ** 0.5 * 10
 
 
-def test_projector_recovers_a_teacher_image(tmp_path, teacher):
+def test_projector_recovers_a_teacher_image(tmp_path, teacher, monkeypatch):
     import gen_images
     import projector
     from metrics.agreement import psnr
@@ -201,12 +201,13 @@ def test_projector_recovers_a_teacher_image(tmp_path, teacher):
     target = image_synthesis.generate_for_seeds(teacher, [5])[0]
     image_synthesis.save_image(target, str(tmp_path / 'target_in.png'))
     out = tmp_path / 'out'
+    monkeypatch.setitem(sys.modules, 'imageio', types.SimpleNamespace(get_writer=lambda path, **kwargs: _FakeWriter(path)))
+    monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', types.SimpleNamespace())
+    _FakeWriter.frames = []
     r = CliRunner().invoke(projector.main, ['--network', str(TEACHER), '--target', str(tmp_path / 'target_in.png'),
                                             '--num-steps', '100', '--outdir', str(out), '--detector-dir', str(det),
-                                            '--device', 'cpu'] + ([] if image_synthesis.video_available() else ['--save-video', 'True']))
+                                            '--device', 'cpu'])
     assert r.exit_code == 0, r.output
-    if not image_synthesis.video_available():
-        assert 'proj.mp4 skipped' in r.output and 'imageio' in r.output
     assert np.array_equal(_png(out / 'target.png'), target)
     w = np.load(out / 'projected_w.npz')['w']
     assert w.shape == (1, teacher.num_ws, teacher.w_dim) and np.allclose(w[0, 0], w[0, -1])  # one w, every layer
@@ -214,9 +215,20 @@ def test_projector_recovers_a_teacher_image(tmp_path, teacher):
     start = image_synthesis.synthesize_ws(teacher, teacher.mapping.w_avg.reshape(1, 1, -1).repeat(1, teacher.num_ws, 1))
     # Stated result (32 px teacher, 100 steps, CPU): PSNR about 26 dB, from about 12 dB at the mean w.
     assert psnr(target[None], proj[None])[0] > 22 and psnr(target[None], start)[0] < 16
+    # proj.mp4: one frame per step, target | projection.
+    res = teacher.img_resolution
+    frames = _FakeWriter.frames
+    assert (out / 'proj.mp4').read_bytes() == b'mp4' and len(frames) == 100
+    assert np.array_equal(frames[-1], np.concatenate([target, proj], axis=1)) and frames[0].shape == (res, 2 * res, 3)
     r = CliRunner().invoke(gen_images.main, ['--network', str(TEACHER), '--projected-w', str(out / 'projected_w.npz'),
                                              '--outdir', str(tmp_path / 'again')])
     assert r.exit_code == 0 and np.array_equal(_png(tmp_path / 'again' / 'proj00.png'), proj)
+    # Without imageio the video is skipped with one line and the rest is written.
+    monkeypatch.setitem(sys.modules, 'imageio', None)
+    r = CliRunner().invoke(projector.main, ['--network', str(TEACHER), '--target', str(tmp_path / 'target_in.png'),
+                                            '--num-steps', '2', '--outdir', str(tmp_path / 'nov'), '--detector-dir', str(det)])
+    assert r.exit_code == 0 and 'proj.mp4 skipped' in r.output and 'imageio' in r.output
+    assert (tmp_path / 'nov' / 'proj.png').is_file() and not (tmp_path / 'nov' / 'proj.mp4').exists()
     r = CliRunner().invoke(projector.main, ['--network', str(TEACHER), '--target', str(tmp_path / 'missing.png'),
                                             '--outdir', str(tmp_path / 'o2'), '--detector-dir', str(det)])
     assert r.exit_code == 1 and 'missing.png' in r.output and not (tmp_path / 'o2').exists()
