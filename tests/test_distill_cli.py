@@ -144,7 +144,8 @@ def test_prune_then_distill_with_svs_end_to_end(files, tmp_path):
     assert list(data.G_ema.synthesis.layer_channels) == widths
     assert 'teacher' not in data  # the frozen teacher is not part of the snapshot
     w = data.G.synthesis.b8.conv0.weight.double().flatten(1)
-    assert abs(torch.linalg.matrix_norm(w, ord=2).item() - 1) < 1e-4  # spectral-norm hook ran after the last step
+    # the spectral-norm hook ran after the last step (sigma from one power iteration per step: ~1e-4 off)
+    assert abs(torch.linalg.matrix_norm(w, ord=2).item() - 1) < 1e-3
     stats = [json.loads(line) for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
     for key in ('Loss/G/l1', 'Loss/G/lpips', 'Loss/G/ld'):
         assert key in stats[-1] and stats[-1][key]['mean'] > 0, key
