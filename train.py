@@ -351,6 +351,9 @@ def launch_training(c, run_dir, dry_run=False, new_run=True, meta=None):
         print(f'Dataset x-flips:     {c.training_set_kwargs.xflip}')
         print(f'G precision:         {_precision_text(c.G_kwargs)}')
         print(f'D precision:         {_precision_text(c.D_kwargs)}')
+        teacher_spec = (c.get('extra_networks') or {}).get('teacher') or {}
+        if teacher_spec.get('precision') is not None:
+            print(f'Teacher precision:   {_precision_text(teacher_spec["precision"])}')
         if (meta or {}).get('paper') is not None:
             print(f'Paper row:           {json.dumps(meta.paper)}')
         if (meta or {}).get('prune') is not None:

@@ -251,7 +251,8 @@ def test_dry_run_resolves_the_recipe_of_record(standins, monkeypatch, config):
     for col in RECIPE_COLUMNS:
         assert row[col] == recipe[col], f'{config.stem}: {col}: README says {row[col]!r}, the dry run resolves {recipe[col]!r}'
     # Precision comes from the config (the stand-ins were fp32 without clamp): the official 4 / 256.
-    assert lines['G precision'] == lines['D precision'] == 'fp16 in the 4 highest-resolution blocks, conv_clamp 256'
+    assert lines['G precision'] == lines['D precision'] == lines['Teacher precision'] == \
+        'fp16 in the 4 highest-resolution blocks, conv_clamp 256'
     assert c.extra_networks['teacher']['precision'] == dict(num_fp16_res=4, conv_clamp=256)
 
 
@@ -314,7 +315,7 @@ def test_fp32_option_and_no_metadata(standins, monkeypatch, tmp_path):
     """--fp32 on the command line wins over the config; a config without blocks prints none."""
     config = ROOT / 'configs' / 'table1-ffhq256-base-dcp.yaml'
     _c, _meta, lines = parse_dry_run(dry_run(standins, monkeypatch, config, '--fp32', '1'))
-    assert lines['G precision'] == lines['D precision'] == 'fp32, conv_clamp None'
+    assert lines['G precision'] == lines['D precision'] == lines['Teacher precision'] == 'fp32, conv_clamp None'
     plain = tmp_path / 'plain.yaml'
     plain.write_text(yaml.safe_dump({k: v for k, v in _load(config).items() if k not in ('paper', 'prune')}))
     output = dry_run(standins, monkeypatch, plain)
