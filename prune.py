@@ -37,7 +37,7 @@ import torch
 import dnnlib
 import dnnlib.cli
 import svs
-from pruning import channels, flops, scorers
+from pruning import channels, diffprune, flops, scorers
 from svs import spectra
 
 SVS_CHOICES = ('none',) + tuple(svs.FUNCTIONS)
@@ -61,6 +61,7 @@ def versions():
 
 
 def check_outdir(outdir, names, overwrite):
+    dnnlib.cli.check_output_dir(outdir, '--outdir')  # writable, before the expensive part
     existing = [n for n in names if os.path.exists(os.path.join(outdir, n))]
     if existing and not overwrite:
         raise dnnlib.util.UserError(f'--outdir: {os.path.join(outdir, existing[0])} exists (use --overwrite or another folder)')
@@ -285,6 +286,31 @@ def main(ctx, **kw):
 @dnnlib.util.exit_on_user_error
 def svs_command(**kw):
     svs_snapshot(**kw)
+
+
+@main.command('ddpm', help='Diff-Prune a DDPM (diffusers folder, ddim checkpoint or DDPM snapshot) into OUTDIR/student '
+                           '(a diffusers folder) and OUTDIR/pruning.json; optionally SVS.')
+@click.option('--network', required=True, metavar='PATH', help='Teacher: diffusers folder, ddim ckpt.pth, or our DDPM snapshot')
+@click.option('--outdir', required=True, metavar='DIR', help='Where to write student/ and pruning.json')
+@click.option('--ratio', type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help='Channel sparsity (Table 3: 0.3, 0.5, 0.7)')
+@click.option('--importance', type=click.Choice(diffprune.IMPORTANCES), default='taylor', show_default=True, help='Channel importance')
+@click.option('--rounding', type=click.Choice(diffprune.ROUNDINGS), default='legacy', show_default=True,
+              help='GroupNorm rounding: legacy = torch-pruning <= 1.4.0 (Table 3), per-group = >= 1.4.1')
+@click.option('--data', metavar='ZIP|DIR', help='Training images for the Taylor gradients')
+@click.option('--batch', type=click.IntRange(min=1), default=128, show_default=True, help='Taylor batch (CIFAR 128, CelebA 64)')
+@click.option('--thr', type=click.FloatRange(0, 1), default=0.05, show_default=True, help='Taylor: stop at loss < thr x max loss (CelebA: 0)')
+@click.option('--svs', 'svs_fn', default='none', show_default=True, metavar='FN', help=f'SVS of the student: {", ".join(SVS_CHOICES)}')
+@click.option('--svs-reset-norm/--no-svs-reset-norm', default=True, show_default=True,
+              help='With --svs: reset GroupNorm affines to 1/0 (the official code; not in the paper)')
+@click.option('--seed', type=int, default=0, show_default=True, help='Seed of the calibration batch, noise and random importance')
+@click.option('--overwrite', is_flag=True, help='Replace existing outputs in --outdir')
+@dnnlib.util.exit_on_user_error
+def ddpm_command(network, outdir, ratio, importance, rounding, data, batch, thr, svs_fn, svs_reset_norm, seed, overwrite):
+    svs.parse_fn(svs_fn) if svs_fn != 'none' else None
+    result = diffprune.prune_ddpm(network, outdir, ratio=ratio, importance=importance, rounding=rounding, data=data,
+                                  batch=batch, thr=thr, svs_fn=svs_fn, svs_reset_norm=svs_reset_norm, seed=seed,
+                                  overwrite=overwrite)
+    print(f'{result.student}: {result.report.params / 1e6:.4f} M parameters, {result.report.macs / 1e9:.4f} G MACs')
 
 
 if __name__ == '__main__':

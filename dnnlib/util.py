@@ -331,8 +331,14 @@ class atomic_open:
                 os.chmod(self.tmp, _umask_mode())
                 os.replace(self.tmp, self.path)
                 self.tmp = None
+        except OSError as e:
+            if e.filename is None:
+                e.filename = self.path  # so the one-line message names the file
+            raise
         finally:
             self._discard()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = self.path
         return False
 
 
