@@ -105,3 +105,186 @@ def test_blur_schedule_and_kernel():
     expected = np.outer(taps, taps)
     np.testing.assert_allclose(out[0, 0, 10:23, 10:23].numpy(), expected, rtol=1e-5, atol=1e-7)
     assert gaussian_blur(img, 0.2) is img  # radius 0: no blur
+
+
+# ---- Hand-computed oracles on fixed tiny networks -------------------------------------------
+# A generator and a discriminator small enough to write every loss formula out by hand in float64
+# (StyleGAN2 paper / NVIDIA's loss.py): no code of training/loss.py is reused by the oracles.
+
+class _TinyMapping(torch.nn.Module):
+    def __init__(self, z_dim, w_dim, num_ws):
+        super().__init__()
+        self.num_ws = num_ws
+        self.M = torch.nn.Parameter(torch.linspace(-1, 1, z_dim * w_dim).reshape(z_dim, w_dim))
+
+    def forward(self, z, c, update_emas=False):
+        return torch.tanh(z @ self.M).unsqueeze(1).repeat(1, self.num_ws, 1)
+
+
+class _TinySynthesis(torch.nn.Module):
+    def __init__(self, w_dim, num_ws):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.S = torch.nn.Parameter(torch.randn([num_ws, w_dim, 3 * 4 * 4], generator=g) * 0.5)
+
+    def forward(self, ws, update_emas=False, return_features=False):
+        img = torch.tanh(torch.einsum('nlw,lwk->nk', ws, self.S)).reshape(-1, 3, 4, 4)
+        return (img, {}) if return_features else img
+
+
+class _TinyG(torch.nn.Module):
+    z_dim, w_dim, num_ws, c_dim = 4, 3, 5, 0
+
+    def __init__(self):
+        super().__init__()
+        self.mapping = _TinyMapping(self.z_dim, self.w_dim, self.num_ws)
+        self.synthesis = _TinySynthesis(self.w_dim, self.num_ws)
+
+
+class _TinyD(torch.nn.Module):
+    """D(x) = <A, x> + k·|x|² + b, so ∇ₓD = A + 2k·x."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.A = torch.nn.Parameter(torch.randn([3, 4, 4], generator=g))
+        self.k = torch.nn.Parameter(torch.tensor(0.3))
+        self.b = torch.nn.Parameter(torch.tensor(0.2))
+
+    def forward(self, img, c, update_emas=False):
+        return ((img * self.A).sum([1, 2, 3]) + self.k * img.square().sum([1, 2, 3]) + self.b).unsqueeze(1)
+
+
+def _np_softplus(x):
+    return np.logaddexp(0, x)
+
+
+def _f64(t):
+    return t.detach().double().clone().requires_grad_(True)
+
+
+def _ref_G_img(G, z, M, S):
+    w = torch.tanh(z.double() @ M)
+    ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
+    return torch.tanh(torch.einsum('nlw,lwk->nk', ws, S)).reshape(-1, 3, 4, 4)
+
+
+def _ref_D(x, A, k, b):
+    return (x * A).sum([1, 2, 3]) + k * x.square().sum([1, 2, 3]) + b
+
+
+def _tiny_setup(**kwargs):
+    G, D = _TinyG(), _TinyD()
+    kwargs.setdefault('style_mixing_prob', 0)
+    loss = StyleGAN2Loss('cpu', G, D, **kwargs)
+    g = torch.Generator().manual_seed(7)
+    real = torch.randn([6, 3, 4, 4], generator=g) * 0.5
+    z = torch.randn([6, G.z_dim], generator=g)
+    return G, D, loss, real, z, torch.zeros([6, 0])
+
+
+def test_generator_logistic_loss_by_hand():
+    G, D, loss, real, z, c = _tiny_setup()
+    col = training_stats.Collector(regex='Loss/.*')
+    G.requires_grad_(True)
+    D.requires_grad_(False)
+    loss.accumulate_gradients('Gmain', real, c, z, c, gain=3, cur_nimg=0)
+    col.update()
+    M, S = _f64(G.mapping.M), _f64(G.synthesis.S)
+    logits = _ref_D(_ref_G_img(G, z, M, S), D.A.double(), D.k.double(), D.b.double())
+    ref = torch.log1p(torch.exp(-logits))  # non-saturating: softplus(-D(G(z)))
+    np.testing.assert_allclose(col.mean('Loss/G/loss'), ref.mean().item(), rtol=1e-5)
+    np.testing.assert_allclose(col.mean('Loss/scores/fake'), logits.mean().item(), rtol=1e-5)
+    np.testing.assert_allclose(col.mean('Loss/signs/fake'), np.sign(logits.detach().numpy()).mean(), atol=1e-7)
+    (ref.mean() * 3).backward()
+    np.testing.assert_allclose(G.mapping.M.grad.numpy(), M.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(G.synthesis.S.grad.numpy(), S.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_discriminator_logistic_loss_by_hand():
+    G, D, loss, real, z, c = _tiny_setup()
+    col = training_stats.Collector(regex='Loss/.*')
+    G.requires_grad_(False)
+    D.requires_grad_(True)
+    loss.accumulate_gradients('Dmain', real, c, z, c, gain=2, cur_nimg=0)
+    col.update()
+    A, k, b = _f64(D.A), _f64(D.k), _f64(D.b)
+    fake = _ref_G_img(G, z, G.mapping.M.double(), G.synthesis.S.double()).detach()
+    lf, lr = _ref_D(fake, A, k, b), _ref_D(real.double(), A, k, b)
+    per_image = torch.log1p(torch.exp(lf)) + torch.log1p(torch.exp(-lr))  # softplus(D(fake)) + softplus(-D(real))
+    np.testing.assert_allclose(col.mean('Loss/D/loss'), per_image.mean().item(), rtol=1e-5)
+    np.testing.assert_allclose(col.mean('Loss/scores/real'), lr.mean().item(), rtol=1e-5)
+    (per_image.mean() * 2).backward()
+    for p, ref in ((D.A, A), (D.k, k), (D.b, b)):
+        np.testing.assert_allclose(p.grad.numpy(), ref.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('gamma,interval', [(10.0, 16), (0.5, 1)])
+def test_lazy_r1_is_half_gamma_grad_norm_times_interval(gamma, interval):
+    G, D, loss, real, z, c = _tiny_setup(r1_gamma=gamma)
+    col = training_stats.Collector(regex='Loss/.*')
+    D.requires_grad_(True)
+    # The loop passes gain = the lazy-regularisation interval (d_reg_interval).
+    loss.accumulate_gradients('Dreg', real, c, z, c, gain=interval, cur_nimg=0)
+    col.update()
+    A, k, b = _f64(D.A), _f64(D.k), _f64(D.b)
+    x = real.double()
+    grad_x = A.unsqueeze(0) + 2 * k * x  # ∇ₓD by hand
+    r1 = grad_x.square().sum([1, 2, 3])
+    np.testing.assert_allclose(col.mean('Loss/r1_penalty'), r1.mean().item(), rtol=1e-5)
+    np.testing.assert_allclose(col.mean('Loss/D/reg'), (gamma / 2) * r1.mean().item(), rtol=1e-5)
+    ((gamma / 2) * r1.mean() * interval).backward()
+    np.testing.assert_allclose(D.A.grad.numpy(), A.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(D.k.grad.numpy(), k.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert D.b.grad is None or float(D.b.grad.abs().max()) == 0  # the Dreg phase has no logistic term
+
+
+def test_path_length_penalty_and_its_ema_by_hand():
+    pl_weight, pl_decay, shrink, gain = 2.0, 0.25, 2, 4
+    G, D, loss, real, z, c = _tiny_setup(pl_weight=pl_weight, pl_decay=pl_decay, pl_batch_shrink=shrink)
+    col = training_stats.Collector(regex='Loss/.*')
+    G.requires_grad_(True)
+    M, S = _f64(G.mapping.M), _f64(G.synthesis.S)
+    pl_mean, ref_loss_total = 0.0, 0
+    for step in range(2):
+        torch.manual_seed(100 + step)
+        loss.accumulate_gradients('Greg', real, c, z, c, gain=gain, cur_nimg=0)
+        col.update()
+        torch.manual_seed(100 + step)  # the same noise draw: randn of the image shape, / sqrt(H·W)
+        n = z.shape[0] // shrink
+        noise = torch.randn([n, 3, 4, 4]).double() / 4.0
+        w = torch.tanh(z[:n].double() @ M)
+        ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
+        img = torch.tanh(torch.einsum('nlw,lwk->nk', ws, S)).reshape(-1, 3, 4, 4)
+        (jac,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        lengths = jac.square().sum(2).mean(1).sqrt()
+        # NVIDIA's EMA: the stored mean is detached, but this step's lerp (and so the gradient
+        # through lengths.mean()) is part of the penalty.
+        pl_mean_t = pl_mean + pl_decay * (lengths.mean() - pl_mean)
+        pl_mean = float(pl_mean_t.detach())
+        penalty = (lengths - pl_mean_t).square()
+        np.testing.assert_allclose(float(loss.pl_mean), pl_mean, rtol=1e-5)
+        np.testing.assert_allclose(col.mean('Loss/pl_penalty'), penalty.mean().item(), rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(col.mean('Loss/G/reg'), pl_weight * penalty.mean().item(), rtol=1e-4, atol=1e-9)
+        ref_loss_total = ref_loss_total + penalty.mean() * pl_weight * gain
+    ref_loss_total.backward()
+    np.testing.assert_allclose(G.synthesis.S.grad.numpy(), S.grad.numpy(), rtol=1e-3, atol=1e-8)
+    np.testing.assert_allclose(G.mapping.M.grad.numpy(), M.grad.numpy(), rtol=1e-3, atol=1e-8)
+
+
+def test_style_mixing_cutoff_distribution_and_layers():
+    G, _D, loss, _real, z, c = _tiny_setup(style_mixing_prob=0.6)
+    torch.manual_seed(0)
+    draws = np.array([int(loss.draw_mixing(z, G.num_ws).cutoff) for _ in range(4000)])
+    # cutoff = num_ws (no mixing) with probability 1 - p, else uniform on {1, ..., num_ws - 1}.
+    counts = np.bincount(draws, minlength=G.num_ws + 1)
+    assert counts[0] == 0 and counts[G.num_ws + 1:].sum() == 0
+    np.testing.assert_allclose(counts[G.num_ws] / 4000, 0.4, atol=0.03)
+    np.testing.assert_allclose(counts[1:G.num_ws] / 4000, [0.6 / (G.num_ws - 1)] * (G.num_ws - 1), atol=0.025)
+    assert StyleGAN2Loss('cpu', G, None, style_mixing_prob=0).draw_mixing(z, G.num_ws) is None
+    mixing = dnnlib.EasyDict(cutoff=torch.tensor(2), z2=torch.randn_like(z))
+    ws = loss.mapping(G, z, c, mixing=mixing)
+    with torch.no_grad():
+        w1, w2 = torch.tanh(z @ G.mapping.M), torch.tanh(mixing.z2 @ G.mapping.M)
+    for layer in range(G.num_ws):
+        assert torch.allclose(ws[:, layer], w1 if layer < 2 else w2), layer
