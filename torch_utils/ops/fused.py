@@ -3,7 +3,8 @@
 ``impl`` of ``bias_act``, ``upfirdn2d`` and ``filtered_lrelu`` means:
   'ref'    the plain PyTorch path (ordinary autograd), on every device;
   'cuda'   NVIDIA's name for "fast": the fused Triton kernels for CUDA tensors when ``triton``
-           imports, otherwise the PyTorch path (so the CPU default never changes);
+           imports (and ``SVS_FUSED_OPS`` is not 0), otherwise the PyTorch path (so the CPU default
+           never changes);
   'triton' the fused kernels whatever the device; CPU tensors need the Triton interpreter
            (``TRITON_INTERPRET=1`` set before ``triton`` is first imported).
 
@@ -18,6 +19,15 @@ IMPLS = ('ref', 'cuda', 'triton')
 
 _kernels = None          # the loaded torch_utils.ops.triton_kernels module
 _triton_ok = None        # cached result of triton_available()
+_enabled = os.environ.get('SVS_FUSED_OPS', '1') != '0'  # SVS_FUSED_OPS=0: impl='cuda' never fuses
+
+
+def set_enabled(enabled):
+    """Let ``impl='cuda'`` use the fused kernels (True, the default) or not; returns the previous setting.
+    Benchmarks use it to time both paths in one process; ``impl='triton'`` is not affected."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    return previous
 
 
 def triton_available():
@@ -60,7 +70,7 @@ def use_fused(impl, x):
         return False
     if impl == 'triton':
         return True
-    return x.device.type == 'cuda' and triton_available()
+    return _enabled and x.device.type == 'cuda' and triton_available()
 
 
 def check_kernel_input(x):

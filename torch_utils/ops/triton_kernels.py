@@ -29,7 +29,8 @@ SIGN_NEG, SIGN_POS, SIGN_CLAMPED = 0, 1, 2
 # Activation ids of ``_bias_act`` (the keys of bias_act.activation_funcs).
 ACT_IDS = {'linear': 0, 'relu': 1, 'lrelu': 2, 'tanh': 3, 'sigmoid': 4, 'elu': 5, 'selu': 6, 'softplus': 7, 'swish': 8}
 
-_BLOCK = 256
+# Pixels per program. The interpreter's cost is per program and per op, not per pixel: bigger blocks.
+_BLOCK = 4096 if INTERPRETED else 256
 
 _params_cache = {}
 
@@ -53,18 +54,19 @@ def _params(x, *values):
 
 @triton.jit
 def _upfirdn_pass(x_ptr, f_ptr, y_ptr, b_ptr, s_ptr,
-                  C, H, W, OH, OW, PADX0, PADY0, OFFX, OFFY, p_ptr,
+                  TOTAL, C, H, W, OH, OW, PADX0, PADY0, OFFX, OFFY, p_ptr,
                   UPX: tl.constexpr, UPY: tl.constexpr, DOWNX: tl.constexpr, DOWNY: tl.constexpr,
                   KW: tl.constexpr, KH: tl.constexpr, TX: tl.constexpr, TY: tl.constexpr,
                   HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, HAS_CLAMP: tl.constexpr,
                   IS_F64: tl.constexpr, BLOCK: tl.constexpr):
-    # Grid: (planes, pixel blocks). Output pixel (oy, ox) is sum_k f[k] * P[o * down + k], where the
-    # padded, zero-inserted image P holds input sample i at i * up + pad0.
-    plane = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    omask = offs < OH * OW
-    oy = offs // OW
-    ox = offs % OW
+    # One flat index over all planes' output pixels. Output pixel (oy, ox) is sum_k f[k] * P[o * down + k],
+    # where the padded, zero-inserted image P holds input sample i at i * up + pad0.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    omask = offs < TOTAL
+    plane = offs // (OH * OW)
+    pix = offs % (OH * OW)
+    oy = pix // OW
+    ox = pix % OW
     bx = ox * DOWNX - PADX0
     by = oy * DOWNY - PADY0
     # First tap meeting a real sample: k = (pad0 - o * down) mod up. OFF* (multiples of up) keep
@@ -77,7 +79,7 @@ def _upfirdn_pass(x_ptr, f_ptr, y_ptr, b_ptr, s_ptr,
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_BIAS:
-        bias = tl.load(b_ptr + plane % C).to(acc.dtype)
+        bias = tl.load(b_ptr + plane % C, mask=omask, other=0.0).to(acc.dtype)
     for j in tl.static_range(TY):
         ky = ky0 + j * UPY
         iy = (by + ky + OFFY) // UPY - OFFY // UPY
@@ -91,7 +93,7 @@ def _upfirdn_pass(x_ptr, f_ptr, y_ptr, b_ptr, s_ptr,
                 xv = tl.where(m, xv + bias, 0.0)
             fv = tl.load(f_ptr + ky * KW + kx, mask=m, other=0.0).to(acc.dtype)
             acc += xv * fv
-    out_offs = plane * OH * OW + offs
+    out_offs = offs
     if EPILOGUE != 0:  # [slope, gain, clamp] in the accumulator's precision
         slope = tl.load(p_ptr).to(acc.dtype)
         act_gain = tl.load(p_ptr + 1).to(acc.dtype)
@@ -135,8 +137,9 @@ def upfirdn_pass(x, corr, up, down, pad0, out_size, bias=None, epilogue=0, signs
     b = bias.contiguous() if bias is not None else x
     s = signs if epilogue else x
     params = _params(x, slope, act_gain, clamp)
-    grid = (n * c, triton.cdiv(oh * ow, _BLOCK))
-    _upfirdn_pass[grid](x, corr, y, b, s, c, h, w, oh, ow, px0, py0, offx, offy, params,
+    total = n * c * oh * ow
+    grid = (triton.cdiv(total, _BLOCK),)
+    _upfirdn_pass[grid](x, corr, y, b, s, total, c, h, w, oh, ow, px0, py0, offx, offy, params,
                         UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy, KW=kw, KH=kh,
                         TX=triton.cdiv(kw, upx), TY=triton.cdiv(kh, upy),
                         HAS_BIAS=bias is not None, EPILOGUE=epilogue, HAS_CLAMP=clamp is not None,
