@@ -18,6 +18,7 @@ import click
 import torch
 
 import dnnlib
+import dnnlib.cli
 from metrics import metric_main
 
 
@@ -69,8 +70,11 @@ def _device_for(rank, num_gpus, device):
     return device
 
 
-def _load_G(network_pkl):
-    from training import checkpoints  # noqa: deferred, the CLI is the only user
+def _load_G(network_pkl, ddim=None):
+    from training import checkpoints, ddpm_checkpoints  # noqa: deferred, the CLI is the only user
+    if ddpm_checkpoints.is_ddpm_source(network_pkl):  # DDPMs sample by DDIM; z = the initial noise
+        data = ddpm_checkpoints.load_generator(network_pkl, **(ddim or {}))
+        return data, data.G_ema
     data = checkpoints.load_network(network_pkl, device='cpu')
     G = data.get('G_ema') or data.get('G')
     if G is None:
@@ -90,7 +94,7 @@ def _subprocess_fn(rank, args, temp_dir):
     try:
         G = args.G
         if G is None:
-            _, G = _load_G(args.network_pkl)
+            _, G = _load_G(args.network_pkl, args.get('ddim'))
         return run_metrics(G, args.metrics, args.dataset_kwargs, num_gpus=args.num_gpus, rank=rank, device=device,
                            run_dir=args.run_dir, snapshot_pkl=args.network_pkl, detector_dir=args.detector_dir,
                            cache=args.cache, verbose=args.verbose and rank == 0, seed=args.seed,
@@ -120,7 +124,7 @@ def launch(args):
 @click.option('--device', type=click.Choice(['cpu', 'cuda']), default=None, help='Device [default: cuda when available].')
 @click.option('--detector-dir', type=click.Path(file_okay=False), default=None,
               help='Folder with inception-2015-12-05.pt / vgg16.pt for offline machines.')
-@click.option('--run-dir', default=None, help='Where metric-*.jsonl go [default: the snapshot\'s folder].')
+@click.option('--run-dir', type=dnnlib.cli.OutputDir(), default=None, help='Where metric-*.jsonl go [default: the snapshot\'s folder].')
 @click.option('--seed', type=int, default=0, show_default=True, help='Seed of the generated latents and labels.')
 @click.option('--allow-fewer-real', is_flag=True, help='Use all reals when the dataset is smaller than a capped metric needs.')
 @click.option('--knn-mode', type=click.Choice(['f64', 'f32']), default='f64', show_default=True,
@@ -131,9 +135,13 @@ def launch(args):
 @click.option('--verbose', type=bool, is_flag=False, flag_value=True, default=True, show_default=True, metavar='[BOOL]',
               help='Progress on stderr (NVIDIA\'s --verbose=BOOL).')
 @click.option('--quiet', is_flag=True, help='Same as --verbose=False.')
+@click.option('--ddim-steps', type=click.IntRange(min=1), default=100, show_default=True, help='DDPM networks: DDIM sampling steps.')
+@click.option('--skip-type', type=click.Choice(['uniform', 'quad']), default='uniform', show_default=True,
+              help='DDPM networks: DDIM timestep spacing (Table 3: quad for CIFAR-10, uniform for CelebA).')
+@click.option('--eta', type=click.FloatRange(min=0), default=0.0, show_default=True, help='DDPM networks: DDIM eta.')
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, metrics, data, mirror, num_gpus, device, detector_dir, run_dir, seed, allow_fewer_real,
-         knn_mode, cache, verbose, quiet, num_gen):
+         knn_mode, cache, verbose, quiet, num_gen, ddim_steps, skip_type, eta):
     """Calculate quality metrics of a generator snapshot."""
     verbose = verbose and not quiet
     metrics = [m.strip() for m in metrics.split(',') if m.strip()]
@@ -147,7 +155,8 @@ def main(network_pkl, metrics, data, mirror, num_gpus, device, detector_dir, run
     if device == 'cuda' and num_gpus > torch.cuda.device_count():
         raise dnnlib.util.UserError(f'--gpus {num_gpus}: only {torch.cuda.device_count()} CUDA devices')
 
-    network_data, G = _load_G(network_pkl)  # validate early, and read training_set_kwargs
+    ddim = dict(steps=ddim_steps, skip_type=skip_type, eta=eta)
+    network_data, G = _load_G(network_pkl, ddim)  # validate early, and read training_set_kwargs
     if run_dir is None and os.path.isfile(network_pkl):
         run_dir = os.path.dirname(os.path.abspath(network_pkl))
     if data is None and not any(metric_main.needs_dataset(m, G) for m in metrics) and not network_data.get('training_set_kwargs'):
@@ -157,7 +166,7 @@ def main(network_pkl, metrics, data, mirror, num_gpus, device, detector_dir, run
     args = dnnlib.EasyDict(G=None, network_pkl=network_pkl, metrics=metrics, dataset_kwargs=dataset_kwargs,
                            num_gpus=num_gpus, device=device, detector_dir=detector_dir, run_dir=run_dir, seed=seed,
                            allow_fewer_real=allow_fewer_real, knn_mode=knn_mode, cache=cache, verbose=verbose,
-                           num_gen=num_gen)
+                           num_gen=num_gen, ddim=ddim)
     if verbose:
         print(f'Calculating {", ".join(metrics)} for {network_pkl} on {num_gpus} process(es)...', file=sys.stderr)
     launch(args)

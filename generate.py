@@ -16,6 +16,7 @@ import torch
 
 import dnnlib
 import dnnlib.cli
+from training import ddpm_checkpoints
 from training.checkpoints import load_network
 from training.image_synthesis import (generate_images, image_grid, labels_for, latents_for_seeds,  # noqa: F401 (re-exported)
                                       load_projected_w, parse_range, save_image, synthesize_ws, upscale_to,
@@ -33,8 +34,11 @@ from training.image_synthesis import (generate_images, image_grid, labels_for, l
 @click.option('--projected-w', type=str, default=None, metavar='FILE',
               help='projected_w.npz of projector.py: write proj00.png ... from its W+ latents instead of seeds')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option('--ddim-steps', type=click.IntRange(min=1), default=100, show_default=True, help='DDPM networks: DDIM sampling steps')
+@click.option('--skip-type', type=click.Choice(['uniform', 'quad']), default='uniform', show_default=True, help='DDPM networks: DDIM timestep spacing')
+@click.option('--eta', type=click.FloatRange(min=0), default=0.0, show_default=True, help='DDPM networks: DDIM eta (0 = deterministic)')
 @dnnlib.util.exit_on_user_error
-def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, projected_w, device):
+def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, projected_w, device, ddim_steps, skip_type, eta):
     """Generate images (and comparison grids) from network snapshots."""
     if outdir is None and grid is None:
         raise dnnlib.util.UserError('give --outdir, --grid, or both')
@@ -52,7 +56,10 @@ def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, p
     seeds = parse_range(seeds)
     rows = []
     for idx, net in enumerate(networks):
-        G = load_network(net, device='cpu').G_ema
+        if ddpm_checkpoints.is_ddpm_source(net):  # seed s -> x_T; the same seeds give every network the same noise
+            G = ddpm_checkpoints.load_generator(net, steps=ddim_steps, skip_type=skip_type, eta=eta).G_ema
+        else:
+            G = load_network(net, device='cpu').G_ema
         if class_idx is not None and not G.c_dim:
             raise dnnlib.util.UserError(f'--class: {net} is an unconditional network; leave --class out')
         z = latents_for_seeds(seeds, G.z_dim)

@@ -194,3 +194,77 @@ def prune_unet(unet, ratio, importance='taylor', rounding='legacy', images=None,
               f'MACs {before_macs / 1e9:.4f}G -> {macs / 1e9:.4f}G ({len(layers)} groups pruned)')
     return dnnlib.EasyDict(ratio=ratio, importance=importance, rounding=rounding, taylor_steps=steps, layers=layers,
                            params_before=before_params, params=params, macs_before=before_macs, macs=macs)
+
+# ---------------------------------------------------------------------------------------------
+# The job behind ``prune.py ddpm``: teacher -> student folder (diffusers) + pruning.json.
+
+
+def calibration_batch(data, batch, resolution, seed=0):
+    """``batch`` training images (a seeded random subset) as float [-1, 1] NCHW."""
+    import numpy as np
+    dataset = dnnlib.util.construct_class_by_name(class_name='training.dataset.ImageFolderDataset', path=data)
+    if len(dataset) == 0:
+        raise UserError(f'--data: {data} holds no images')
+    if dataset.resolution != resolution:
+        raise UserError(f'--data: {data} has {dataset.resolution} px images, the network makes {resolution} px')
+    idx = np.random.RandomState(seed).permutation(len(dataset))[:batch]
+    images = np.stack([dataset[int(i)][0] for i in idx])
+    return torch.from_numpy(images).to(torch.float32) / 127.5 - 1
+
+
+def apply_svs(unet, fn='sqrt', reset_norm=True):
+    """SVS of a DDPM through the shared ``svs.scale_`` (the DDPM rule), then optionally the official
+    GroupNorm reset (``svs_reset_norm``, default on for Table 3). Returns a small JSON-able report."""
+    import svs
+    from svs import scaling
+    report = svs.scale_(unet, fn=fn)
+    reset = scaling.reset_group_norm_affine_(unet) if reset_norm else []
+    return dict(fn=report.fn, scaled=[layer.name for layer in report.layers], reset_group_norms=reset)
+
+
+def prune_ddpm(network, outdir, ratio=0.3, importance='taylor', rounding='legacy', data=None, batch=128, thr=0.05,
+               svs_fn='none', svs_reset_norm=True, seed=0, overwrite=False, verbose=True):
+    """Prune the teacher's (EMA) UNet; write ``outdir/student`` (diffusers folder) and ``pruning.json``."""
+    import json
+    import os
+    from training import ddpm_checkpoints, diffusion
+    student_dir, json_path = os.path.join(outdir, 'student'), os.path.join(outdir, 'pruning.json')
+    if not overwrite and (os.path.exists(student_dir) or os.path.exists(json_path)):
+        raise UserError(f'--outdir: {outdir} already holds a student (use --overwrite or another folder)')
+    teacher = ddpm_checkpoints.load_ddpm(network)
+    unet = teacher.net
+    schedule = diffusion.make_schedule(**(teacher.diffusion or {}))
+    images = None
+    if importance == 'taylor':
+        if data is None:
+            raise UserError('--data: taylor importance needs the training images')
+        images = calibration_batch(data, batch, int(unet.config.sample_size), seed)
+    report = prune_unet(unet, ratio, importance=importance, rounding=rounding, images=images, diffusion=schedule,
+                        thr=thr, seed=seed, verbose=verbose)
+    svs_report = None
+    if svs_fn and svs_fn != 'none':
+        svs_report = apply_svs(unet, svs_fn, svs_reset_norm)
+    ddpm_checkpoints.save_diffusers(unet.eval(), student_dir, diffusion=schedule)
+    info = dict(teacher=os.fspath(network), method='diffprune', importance=importance, ratio=ratio, rounding=rounding,
+                thr=thr, batch=batch if importance == 'taylor' else None, seed=seed, taylor_steps=report.taylor_steps,
+                params=dict(teacher=report.params_before, student=report.params),
+                macs=dict(teacher=report.macs_before, student=report.macs),
+                layers=[dict(layer) for layer in report.layers], svs=svs_report)
+    dnnlib.util.atomic_write_bytes(json_path, (json.dumps(info, indent=2) + '\n').encode('utf-8'))
+    return dnnlib.EasyDict(student=student_dir, report=report, info=info)
+
+
+def svs_ddpm(network, outdir, fn='sqrt', reset_norm=True, overwrite=False):
+    """SVS of an existing DDPM student: ``outdir/student`` (diffusers folder) and ``svs.json``."""
+    import json
+    import os
+    from training import ddpm_checkpoints, diffusion
+    student_dir = os.path.join(outdir, 'student')
+    if not overwrite and os.path.exists(student_dir):
+        raise UserError(f'--outdir: {student_dir} exists (use --overwrite or another folder)')
+    src = ddpm_checkpoints.load_ddpm(network)
+    report = apply_svs(src.net, fn, reset_norm)
+    ddpm_checkpoints.save_diffusers(src.net.eval(), student_dir, diffusion=diffusion.make_schedule(**(src.diffusion or {})))
+    dnnlib.util.atomic_write_bytes(os.path.join(outdir, 'svs.json'),
+                                   (json.dumps(dict(network=os.fspath(network), **report), indent=2) + '\n').encode('utf-8'))
+    return student_dir

@@ -455,3 +455,13 @@ def load_ddpm(path, resolution=None, norm_groups=32):
 
 def copy_unet(unet):
     return copy.deepcopy(unet)
+
+
+def load_generator(path, steps=100, skip_type='uniform', eta=0.0):
+    """A DDPM source as ``load_network`` returns generators: EasyDict(G_ema=G, G=G, training_set_kwargs).
+
+    G is a ``diffusion.DDIMGenerator`` over the EMA weights (if any): z = x_T, DDIM ``steps``."""
+    from training import diffusion
+    data = load_ddpm(path)
+    G = diffusion.DDIMGenerator(data.net, data.diffusion, steps=steps, skip_type=skip_type, eta=eta)
+    return dnnlib.EasyDict(G_ema=G, G=G, training_set_kwargs=data.get('training_set_kwargs'), ddpm=data)
