@@ -198,3 +198,182 @@ def test_adjust_p_rule():
     assert float(pipe.p) == 0  # clamped at zero
     assert adjust_p(pipe, 1.0, 32, 4, 0.6, 100) == pytest.approx(32 * 4 / (100 * 1000))
     assert np.isclose(float(pipe.p), 32 * 4 / (100 * 1000))
+
+
+# ---- Statistics of every drawn parameter, and the matrices against closed forms ------------------
+# NVIDIA's defaults (stylegan2-ada-pytorch augment.py) are the oracle for the spreads; the
+# matrices are checked against closed forms written here in NumPy / scipy.
+
+N_DRAWS, P = 40000, 0.6
+CPU = torch.device('cpu')
+
+
+def _geometry(seed=0, **kw):
+    torch.manual_seed(seed)
+    G_inv, _ = make_pipe(kw, P)._draw_geometry(N_DRAWS, 32, 32, CPU)
+    return G_inv.double().numpy()
+
+
+def _color(seed=0, **kw):
+    torch.manual_seed(seed)
+    C, _ = make_pipe(kw, P)._draw_color(N_DRAWS, 3, CPU)
+    return C.double().numpy()
+
+
+def _rate(mask):
+    return float(np.mean(mask))
+
+
+def _check_rate(mask, expected):
+    # Binomial standard error at N_DRAWS is about 0.0025; 0.012 is ~5 sigma.
+    assert abs(_rate(mask) - expected) < 0.012, (_rate(mask), expected)
+
+
+def _check_std(values, expected, rel=0.03):
+    assert abs(np.std(values) / expected - 1) < rel, (np.std(values), expected)
+    assert abs(np.mean(values)) < 4 * expected / np.sqrt(len(values)) + 1e-9
+
+
+def test_draw_xflip_rotate90_xint_statistics():
+    G = _geometry(xflip=1)
+    _check_rate(G[:, 0, 0] < 0, P / 2)
+    np.testing.assert_allclose(np.abs(G[:, 0, 0]), 1, atol=1e-6)
+    G = _geometry(rotate90=1)
+    quarter = np.round(np.arctan2(G[:, 1, 0], G[:, 0, 0]) / (np.pi / 2)) % 4
+    counts = np.bincount(quarter.astype(int), minlength=4) / N_DRAWS
+    np.testing.assert_allclose(counts, [1 - P + P / 4, P / 4, P / 4, P / 4], atol=0.012)
+    G = _geometry(xint=1)
+    t = -G[:, :2, 2] / 32  # translate2d_inv: the matrix holds minus the shift, in pixels
+    assert np.abs(G[:, :2, 2]).max() <= 4 and np.allclose(G[:, :2, 2], np.round(G[:, :2, 2]))  # |shift| <= 0.125·32, integer
+    # Chosen with probability p (both axes together), uniform shifts: round(u·4) = 0 with prob 1/8.
+    _check_rate(np.any(t != 0, axis=1), P * (1 - (1 / 8) ** 2))
+    _check_rate(t[:, 0] != 0, P * 7 / 8)
+
+
+def test_draw_scale_aniso_xfrac_statistics():
+    G = _geometry(scale=1)
+    assert np.allclose(G[:, 0, 1], 0) and np.allclose(G[:, 0, 0], G[:, 1, 1]) and np.allclose(G[:, :2, 2], 0)
+    log_s = -np.log2(G[:, 0, 0])  # G_inv = diag(1/s, 1/s)
+    chosen = np.abs(log_s) > 0
+    _check_rate(chosen, P)
+    _check_std(log_s[chosen], 0.2)   # scale_std = 0.2 (log2)
+    G = _geometry(aniso=1)
+    assert np.allclose(G[:, 0, 0] * G[:, 1, 1], 1, atol=1e-5)  # diag(1/s, s)
+    log_s = -np.log2(G[:, 0, 0])
+    chosen = np.abs(log_s) > 0
+    _check_rate(chosen, P)
+    _check_std(log_s[chosen], 0.2)   # aniso_std = 0.2 (log2)
+    G = _geometry(xfrac=1)
+    t = -G[:, :2, 2] / 32
+    chosen = np.any(t != 0, axis=1)
+    _check_rate(chosen, P)
+    _check_std(t[chosen].ravel(), 0.125)  # xfrac_std = 0.125 of the image size
+
+
+def test_draw_rotation_statistics():
+    G = _geometry(rotate=1)
+    R = G[:, :2, :2]
+    np.testing.assert_allclose(np.einsum('nij,nkj->nik', R, R), np.broadcast_to(np.eye(2), R.shape), atol=1e-5)
+    theta = np.arctan2(G[:, 1, 0], G[:, 0, 0])
+    rotated = np.abs(theta) > 1e-6
+    # Two rotations, each with probability 1 - sqrt(1 - p): any rotation with probability p.
+    _check_rate(rotated, P)
+    # One rotation is uniform on (-pi, pi]; with two, the sum wraps and is uniform too.
+    hist = np.histogram(theta[rotated], bins=8, range=(-np.pi, np.pi))[0] / rotated.sum()
+    np.testing.assert_allclose(hist, 1 / 8, atol=0.012)
+
+
+def test_draw_color_statistics_and_matrices():
+    luma = np.array([1, 1, 1, 0]) / np.sqrt(3)
+    L = np.outer(luma, luma)
+    eye = np.eye(4)
+    C = _color(brightness=1)
+    b = C[:, 0, 3]
+    expected = np.broadcast_to(eye, C.shape).copy()
+    expected[:, :3, 3] = b[:, None]  # translate3d(b, b, b)
+    np.testing.assert_allclose(C, expected, atol=1e-6)
+    _check_rate(b != 0, P)
+    _check_std(b[b != 0], 0.2)  # brightness_std = 0.2
+
+    C = _color(contrast=1)
+    c = C[:, 0, 0]
+    np.testing.assert_allclose(C, np.einsum('n,ij->nij', c, np.diag([1, 1, 1, 0])) + np.diag([0, 0, 0, 1]), atol=1e-6)
+    _check_rate(c != 1, P)
+    _check_std(np.log2(c[c != 1]), 0.5)  # contrast_std = 0.5 (log2)
+
+    C = _color(lumaflip=1)
+    flipped = np.abs(C - (eye - 2 * L)).max(axis=(1, 2)) < 1e-6
+    assert np.all(flipped | (np.abs(C - eye).max(axis=(1, 2)) < 1e-6))
+    _check_rate(flipped, P / 2)
+
+    C = _color(saturation=1)
+    s = (np.trace(C[:, :3, :3], axis1=1, axis2=2) - 1) / 2  # trace(L + (I - L)s) over RGB = 1 + 2s
+    np.testing.assert_allclose(C, L + np.einsum('n,ij->nij', s, eye - L), atol=1e-5)
+    _check_rate(np.abs(s - 1) > 1e-6, P)
+    _check_std(np.log2(s[np.abs(s - 1) > 1e-6]), 1.0)  # saturation_std = 1 (log2)
+
+    from scipy.spatial.transform import Rotation
+    C = _color(hue=1)
+    axis = np.ones(3) / np.sqrt(3)
+    R = C[:, :3, :3]
+    sin = (R[:, 2, 1] - R[:, 1, 2]) / (2 * axis[0])
+    cos = (np.trace(R, axis1=1, axis2=2) - 1) / 2
+    theta = np.arctan2(sin, cos)
+    some = np.flatnonzero(np.abs(theta) > 1e-6)[:50]
+    np.testing.assert_allclose(R[some], Rotation.from_rotvec(theta[some, None] * axis).as_matrix(), atol=1e-5)
+    rotated = np.abs(theta) > 1e-6
+    _check_rate(rotated, P)
+    hist = np.histogram(theta[rotated], bins=8, range=(-np.pi, np.pi))[0] / rotated.sum()
+    np.testing.assert_allclose(hist, 1 / 8, atol=0.012)  # hue_max = 1: uniform on (-pi, pi)
+
+
+def test_draw_filter_noise_cutout_statistics():
+    pipe = make_pipe(dict(imgfilter=1), P)
+    torch.manual_seed(0)
+    g, _ = pipe._draw_filter(N_DRAWS, CPU)
+    _check_rate(np.all(np.abs(g.double().numpy() - 1) < 1e-6, axis=1), (1 - P) ** 4)  # each band with prob p
+    # One band only (the others at strength 0): its gain a = exp2(N(0, 1)) relative to the others,
+    # the whole vector renormalised to the expected power [10, 1, 1, 1] / 13 of natural images.
+    pipe = make_pipe(dict(imgfilter=1, imgfilter_bands=[0, 0, 1, 0]), P)
+    torch.manual_seed(0)
+    g, _ = pipe._draw_filter(N_DRAWS, CPU)
+    g = g.double().numpy()
+    power = np.array([10, 1, 1, 1]) / 13
+    np.testing.assert_allclose((g * g) @ power, 1, rtol=1e-5)
+    np.testing.assert_allclose(g[:, [1, 3]], g[:, [0, 0]], rtol=1e-6)
+    log_a = np.log2(g[:, 2] / g[:, 0])
+    chosen = np.abs(log_a) > 1e-6
+    _check_rate(chosen, P)
+    _check_std(log_a[chosen], 1.0)  # imgfilter_std = 1 (log2)
+
+    pipe = make_pipe(dict(noise=1), P)
+    torch.manual_seed(0)
+    noise, _ = pipe._draw_noise([N_DRAWS, 3, 8, 8], CPU)
+    sigma = noise.double().numpy().reshape(N_DRAWS, -1).std(axis=1)
+    chosen = sigma > 0
+    _check_rate(chosen, P)
+    # sigma = |N(0, noise_std)|: E[sigma] = 0.1·sqrt(2/pi) (up to the per-image sampling error).
+    assert abs(sigma[chosen].mean() / (0.1 * np.sqrt(2 / np.pi)) - 1) < 0.03
+
+    pipe = make_pipe(dict(cutout=1), P)
+    torch.manual_seed(0)
+    (size, center), _ = pipe._draw_cutout(N_DRAWS, CPU)
+    size, center = size.numpy().reshape(N_DRAWS, 2), center.numpy().reshape(N_DRAWS, 2)
+    chosen = size[:, 0] > 0
+    _check_rate(chosen, P)
+    assert np.all(size[chosen] == 0.5) and np.all(size[~chosen] == 0)  # cutout_size = 0.5
+    assert center.min() >= 0 and center.max() <= 1 and abs(center.mean() - 0.5) < 0.01
+
+
+def test_matrix_helpers_closed_forms():
+    th = torch.tensor([0.3, -1.2])
+    c, s = np.cos(th.numpy()), np.sin(th.numpy())
+    np.testing.assert_allclose(augment.rotate2d(th).numpy()[:, :2, :2], np.stack([[c, -s], [s, c]]).transpose(2, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(augment.rotate2d_inv(th).numpy() @ augment.rotate2d(th).numpy(), np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-6)
+    np.testing.assert_allclose(augment.translate2d(2.0, -3.0).numpy(), [[1, 0, 2], [0, 1, -3], [0, 0, 1]])
+    np.testing.assert_allclose(augment.scale2d_inv(2.0, 4.0).numpy(), np.diag([0.5, 0.25, 1]))
+    np.testing.assert_allclose(augment.translate3d(1.0, 2.0, 3.0).numpy()[:3, 3], [1, 2, 3])
+    np.testing.assert_allclose(augment.scale3d(2.0, 3.0, 4.0).numpy(), np.diag([2, 3, 4, 1]))
+    from scipy.spatial.transform import Rotation
+    axis = np.array([1.0, 2.0, 2.0]) / 3
+    np.testing.assert_allclose(augment.rotate3d(axis, 0.7).numpy()[:3, :3], Rotation.from_rotvec(0.7 * axis).as_matrix(), atol=1e-6)
