@@ -42,26 +42,35 @@ def read_metric_curve(run_dir, metric, key=None):
 
 def plot_metric_curves(run_dirs, out_png, metric='fid50k_full', key=None, labels=None, title=None, log_y=False):
     """Plot one curve per run directory and save a PNG; returns the output path."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     if len(labels) != len(run_dirs):
         raise dnnlib.util.UserError(f'--label: {len(labels)} labels for {len(run_dirs)} runs')
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    curves = {}
     for run_dir, label in zip(run_dirs, labels):
         kimg, values = read_metric_curve(run_dir, metric, key)
         if not kimg:
             raise dnnlib.util.UserError(f'{run_dir}: no {key or metric} values with a kimg in metric-{metric}.jsonl')
+        curves[label] = (kimg, values)
+    return plot_curve_points(curves, out_png, ylabel=key or metric, title=title or f'{key or metric} during training',
+                             log_y=log_y)
+
+
+def plot_curve_points(curves, out_png, ylabel, title, log_y=False):
+    """Plot ``{label: (kimg list, value list)}`` on one axes and save a PNG; returns the output path."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, (kimg, values) in curves.items():
         ax.plot(kimg, values, marker='o', markersize=3, label=label)
     ax.set_xlabel('kimg')
-    ax.set_ylabel(key or metric)
+    ax.set_ylabel(ylabel)
     if log_y:
         ax.set_yscale('log')
     ax.grid(True, alpha=0.3)
     ax.legend()
-    ax.set_title(title or f'{key or metric} during training')
+    ax.set_title(title)
     fig.tight_layout()
     with dnnlib.util.atomic_open(out_png, 'wb') as f:
         fig.savefig(f, format='png')
