@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import dnnlib
+import dnnlib.cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TEACHER = os.path.join(ROOT, 'assets', 'teacher-sample32.pkl')
@@ -551,7 +552,7 @@ def _parse_metrics(_ctx, _param, value):
 @click.option('--method', type=click.Choice(['dcp', 'cagan', 'gs', 'random', 'l1']), default='dcp', show_default=True, help='Pruning method (prune.py --method)')
 @click.option('--ratio', type=float, default=0.7, show_default=True, help='Fraction of channels removed per layer')
 @click.option('--svs', default='sqrt', show_default=True, help='SVS function of the second fine-tuning')
-@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), help=f'kimg per fine-tuning [default: {DEFAULT_KIMG}; with --config: the config\'s]')
+@click.option('--kimg', type=dnnlib.cli.FiniteFloat(min=0, min_open=True), help=f'kimg per fine-tuning [default: {DEFAULT_KIMG}; with --config: the config\'s]')
 @click.option('--config', metavar='FILE', help='train.py --config for both fine-tunings (replaces the built-in small recipe)')
 @click.option('--outdir', default='runs/pipeline', show_default=True, help='Run directory (rerun the same command to resume)')
 @click.option('--n-samples', type=click.IntRange(min=1), help=f'Latents for pruning scores [default: {DEFAULT_N_SAMPLES}; the paper: 5000]')

@@ -152,15 +152,23 @@ def test_rerun_skips_finished_stages_and_resumes_training(finished_run, inputs, 
 
 
 def test_failed_stage_prints_one_line_and_keeps_finished_stages(inputs, tmp_path):
+    # An unknown key is refused before any stage runs.
+    unknown = tmp_path / 'unknown.yaml'
+    unknown.write_text('no_such_option: 1\n')
+    proc = run_pipeline(['--teacher', inputs['teacher'], '--data', inputs['data'], '--outdir', tmp_path / 'run0',
+                         '--config', unknown] + TINY, inputs['tmp'])
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith('error: --config') \
+        and 'no_such_option' in proc.stderr and not (tmp_path / 'run0').exists()
+    # A config that only train.py can find wrong fails in its stage, after prune.
     bad_config = tmp_path / 'bad.yaml'
-    bad_config.write_text('no_such_option: 1\n')
+    bad_config.write_text('batch: 4\nbatch_gpu: 3\n')
     outdir = tmp_path / 'run'
     args = ['--teacher', inputs['teacher'], '--data', inputs['data'], '--outdir', outdir, '--config', bad_config] + TINY
     proc = run_pipeline(args, inputs['tmp'])
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: stage finetune-pruned failed: train.py exited with status 1: --config')
-    assert 'no_such_option' in last
+    assert last.startswith('error: stage finetune-pruned failed: train.py exited with status 1: --batch')
+    assert '--batch-gpu (3)' in last
     assert 'resume with: python pipeline.py --teacher' in last
     assert (outdir / 'prune' / 'done.json').is_file() and (outdir / 'prune' / 'student.pkl').is_file()
     assert not (outdir / 'finetune-pruned' / 'done.json').exists()
