@@ -66,6 +66,13 @@ def read_config(path):
     unknown = sorted(k for k in cfg if k.replace('-', '_') not in CONFIG_KEYS + META_KEYS)
     if unknown:
         raise dnnlib.util.UserError(f'--config {path}: unknown option {unknown[0]!r}')
+    from training import config_meta
+    if cfg.get('family', 'ddpm') != 'ddpm':
+        raise dnnlib.util.UserError(f'--config {path}: family is {cfg["family"]!r}; train_ddpm.py trains ddpm configs')
+    if cfg.get('paper') is not None:
+        config_meta.check_paper(cfg['paper'], f'--config {path}')
+    if cfg.get('prune') is not None:
+        config_meta.check_prune(cfg['prune'], f'--config {path}')
     return {k.replace('-', '_'): v for k, v in cfg.items()}
 
 
@@ -119,7 +126,12 @@ def main(**kw):
     opts.update({k: v for k, v in given.items() if k in CONFIG_KEYS})
     if not opts.get('data'):
         raise dnnlib.util.UserError('--data: required')
+    if not opts.get('network') and meta.get('student'):
+        opts['network'] = meta['student']  # the schema's student path: the network to fine-tune
     if not opts.get('network') and not opts.get('arch'):
+        if kw['config'] and meta.get('teacher'):
+            raise dnnlib.util.UserError(f'--config {kw["config"]}: this row has no student (it evaluates the teacher; '
+                                        f'see the calc_metrics.py command in its comments)')
         raise dnnlib.util.UserError('give --network (fine-tune) or --arch (from scratch)')
     from train import open_dataset
     set_kwargs, _info = open_dataset(opts['data'])
