@@ -150,6 +150,7 @@ def _network_clis(env, path):
     import calc_metrics
     import generate
     import legacy
+    import pipeline
     import prune
     import train
     out = env.tmp / 'out'
@@ -161,6 +162,8 @@ def _network_clis(env, path):
         ('legacy', legacy.main, ['--source', path, '--dest', out / 'legacy.pkl']),
         ('train --teacher', train.main, ['--outdir', out / 'train', '--data', env.data_zip, '--teacher', path] + TRAIN_TINY),
         ('train --resume', train.main, ['--outdir', out / 'train', '--data', env.data_zip, '--resume', path] + TRAIN_TINY),
+        ('pipeline', pipeline.main, ['--teacher', path, '--data', env.data_zip, '--outdir', env.tmp / 'pipeline',
+                                     '--n-samples', '2', '--kimg', '0.004', '--batch', '4', '--device', 'cpu']),
     ]
 
 
@@ -173,7 +176,8 @@ def test_crafted_network_files_are_refused_by_every_cli(env, payload):
     for name, main, args in _network_clis(env, env.files[payload]):
         line = assert_refused(main, args, env.marker)
         assert str(env.files[payload]) in line or payload in line, f'{name}: {line}'
-        # Nothing half-written: no run folder, no student, no converted file.
+        # Nothing half-written: no run folder, no student, no converted file (the pipeline keeps its
+        # own progress record in its --outdir, outside this folder).
         out = env.tmp / 'out'
         left = [p for p in out.rglob('*') if p.is_file()] if out.exists() else []
         assert not left, f'{name}: left {left}'

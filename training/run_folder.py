@@ -32,7 +32,8 @@ def read_training_options(run_dir):
     if not isinstance(c, dict):
         raise UserError(f'{path}: expected a JSON object of training options')
     dnnlib.util.check_allowed_names(c, OPTIONS_FILE)
-    dnnlib.util.check_dataset_kwargs(c.get('training_set_kwargs'), f'{OPTIONS_FILE}: training_set_kwargs')
+    if c.get('training_set_kwargs') is not None:
+        dnnlib.util.check_dataset_kwargs(c.training_set_kwargs, f'{OPTIONS_FILE}: training_set_kwargs')
     return c
 
 
