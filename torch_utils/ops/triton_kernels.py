@@ -58,10 +58,13 @@ def _upfirdn_pass(x_ptr, f_ptr, y_ptr, b_ptr, s_ptr,
                   UPX: tl.constexpr, UPY: tl.constexpr, DOWNX: tl.constexpr, DOWNY: tl.constexpr,
                   KW: tl.constexpr, KH: tl.constexpr, TX: tl.constexpr, TY: tl.constexpr,
                   HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                  IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+                  IS_F64: tl.constexpr, BIG_INDEX: tl.constexpr, BLOCK: tl.constexpr):
     # One flat index over all planes' output pixels. Output pixel (oy, ox) is sum_k f[k] * P[o * down + k],
     # where the padded, zero-inserted image P holds input sample i at i * up + pad0.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pid = tl.program_id(0)
+    if BIG_INDEX:  # int64 only where needed: 64-bit division is slow on a GPU
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     omask = offs < TOTAL
     plane = offs // (OH * OW)
     pix = offs % (OH * OW)
@@ -143,7 +146,8 @@ def upfirdn_pass(x, corr, up, down, pad0, out_size, bias=None, epilogue=0, signs
                         UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy, KW=kw, KH=kh,
                         TX=triton.cdiv(kw, upx), TY=triton.cdiv(kh, upy),
                         HAS_BIAS=bias is not None, EPILOGUE=epilogue, HAS_CLAMP=clamp is not None,
-                        IS_F64=x.dtype == torch.float64, BLOCK=_BLOCK)
+                        IS_F64=x.dtype == torch.float64, BIG_INDEX=max(x.numel(), total) >= 2 ** 31 - _BLOCK,
+                        BLOCK=_BLOCK)
     return (y, signs) if epilogue == 1 else y
 
 # ----------------------------------------------------------------------------------------------
@@ -158,10 +162,12 @@ def _sigmoid(z):
 @triton.jit
 def _bias_act(a_ptr, b_ptr, xref_ptr, yref_ptr, dy_ptr, out_ptr, numel, C, INNER, p_ptr,
               ACT: tl.constexpr, GRAD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-              IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+              IS_F64: tl.constexpr, BIG_INDEX: tl.constexpr, BLOCK: tl.constexpr):
     # GRAD 0: out = clamp(act(a + b) * gain). GRAD 1: out = a * d/dx of that, at x = xref (y = yref).
     # GRAD 2: out = a * dy * d2/dx2 of it. Piecewise-linear activations read their branch from yref.
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    if BIG_INDEX:
+        pid = pid.to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel
     if IS_F64:
@@ -271,5 +277,5 @@ def bias_act(a, b, dim, act, alpha, gain, clamp, grad=0, xref=None, yref=None, d
     grid = (triton.cdiv(numel, _BLOCK),)
     _bias_act[grid](a, b_arg, xref, yref, dy, out, numel, c, inner, params,
                     ACT=ACT_IDS[act], GRAD=grad, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
-                    IS_F64=a.dtype == torch.float64, BLOCK=_BLOCK)
+                    IS_F64=a.dtype == torch.float64, BIG_INDEX=numel >= 2 ** 31 - _BLOCK, BLOCK=_BLOCK)
     return out
