@@ -12,10 +12,19 @@ SHARED = Path(os.environ.get('SVS_SHARED_DIR', ROOT.parent / 'shared'))
 FIXTURES = SHARED / 'fixtures' / 'official'
 
 
+# The official-fixture tests must not pass silently without their ground truth: a missing
+# fixtures folder FAILS them, unless SVS_ALLOW_MISSING_FIXTURES=1 says so explicitly (then they skip).
+ALLOW_MISSING_FIXTURES = os.environ.get('SVS_ALLOW_MISSING_FIXTURES', '') not in ('', '0')
+
+
 @pytest.fixture(scope='session')
 def fixtures_dir():
     if not FIXTURES.is_dir():
-        pytest.skip(f'fixtures not found at {FIXTURES}')
+        message = (f'official fixtures not found at {FIXTURES} (set SVS_SHARED_DIR to the shared folder, '
+                   f'or SVS_ALLOW_MISSING_FIXTURES=1 to skip these tests)')
+        if ALLOW_MISSING_FIXTURES:
+            pytest.skip(message)
+        pytest.fail(message)
     return FIXTURES
 
 
