@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from training.sample_data import make_sample_dataset
 
@@ -44,7 +43,8 @@ def _free_port():
 def _node_env(rank, world, port, cache_dir, local_rank=0):
     env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE='1',
                MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), DNNLIB_CACHE_DIR=str(cache_dir),
-               OMP_NUM_THREADS='1', PYTHONPATH=f'{ROOT}{os.pathsep}{ROOT / "tests"}')
+               OMP_NUM_THREADS=str(torch.get_num_threads()),  # as the in-process reference: same conv reductions
+               PYTHONPATH=f'{ROOT}{os.pathsep}{ROOT / "tests"}')
     env.pop('SVS_CACHE_DIR', None)
     return env
 
@@ -107,12 +107,15 @@ def _weights(pkl):
     return {name: {k: v.clone() for k, v in data[name].state_dict().items()} for name in ('G', 'D', 'G_ema')}
 
 
-def test_two_simulated_nodes_match_one_process(data_zip, tmp_path, monkeypatch):
-    import train
+def test_two_simulated_nodes_match_one_process(data_zip, tmp_path):
     args = ['--data', data_zip, '--kimg', '0.008', '--metrics', 'none', *TINY]
-    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache-single'))
-    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path / 'one')] + args)
-    assert result.exit_code == 0, result.output
+    # The reference in a fresh interpreter too, so that both sides run the same code and settings.
+    env = dict(_node_env(0, 1, 0, tmp_path / 'cache-single'))
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(key)
+    one = subprocess.run([sys.executable, '-c', _TRAIN, '--outdir', str(tmp_path / 'one'), *args], env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=GUARD_S)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-2000:]
     outputs = _start_nodes(_TRAIN, ['--outdir', tmp_path / 'nodes', *args], tmp_path)
     for rc, out, err in outputs:
         assert rc == 0, out[-2000:] + err[-2000:]
