@@ -278,16 +278,23 @@ def main(table, rows, dataset, configs_dir, outdir, gpus, device, kimg_scale, n_
     os.makedirs(plan.outdir, exist_ok=True)
     runner = Runner(plan, settings)
     command = ' '.join(['python', 'reproduce.py'] + [shlex.quote(a) for a in sys.argv[1:]])
+    failure = None
+    for i, row in enumerate(plan.rows, 1):
+        try:
+            runner.row(i, row)
+        except dnnlib.util.UserError as e:
+            failure = f'{row.name}: {e} -- finished rows are kept in {plan.outdir}; resume with: {command}'
+            break
+    # The report of what is finished so far, also after a failure (the failure is the last line).
     states = {r.name: rp.row_done(r, plan) for r in plan.rows}
-    try:
-        for i, row in enumerate(plan.rows, 1):
-            states[row.name] = runner.row(i, row)
-    except dnnlib.util.UserError as e:
-        raise dnnlib.util.UserError(f'{row.name}: {e} -- finished rows are kept in {plan.outdir}; resume with: {command}') from None
-    finally:
-        states = {r.name: rp.row_done(r, plan) for r in plan.rows}
-        paths = table_report.write_report(plan, table, settings, states, command, runner.teacher_strips(table, states))
-        print(f'\nReport: {paths["html"]} ({sum(1 for s in states.values() if s)} of {len(plan.rows)} rows finished)', flush=True)
+    paths = table_report.write_report(plan, table, settings, states, command, runner.teacher_strips(table, states))
+    left = [r.name for r in plan.rows if not states[r.name]]
+    print(f'\nReport: {paths["html"]} ({len(plan.rows) - len(left)} of {len(plan.rows)} rows finished)', flush=True)
+    if failure:
+        raise dnnlib.util.UserError(failure)
+    if left:
+        print(f'Not finished here (taken by other jobs): {", ".join(left)}; rerun the command when they are done '
+              f'to complete the report', flush=True)
 
 
 if __name__ == '__main__':

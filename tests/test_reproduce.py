@@ -227,6 +227,16 @@ def test_dry_run_of_table1_real_configs(tmp_path):
     # A DCP row and its SVS row share one pruning.
     assert 'shared with table1-ffhq256-small-dcp' in log
     assert not (tmp_path / 'runs').exists()  # nothing was run
+    assert 'at the paper\'s setting' in log.splitlines()[0]
+
+    proc = _run(['--table', '1', '--dry-run', '--dataset', 'ffhq', '--kimg-scale', '0.1', '--metrics', 'fid10k_full'],
+                tmp_path, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert 'kimg × 0.1, metrics fid10k_full' in proc.stdout.splitlines()[0]
+    assert len(re.findall(r'^\[\d+/8\] table1-ffhq256-', proc.stdout, re.M)) == 8
+    assert proc.stdout.count('--kimg 2500 --metrics fid10k_full') == 5  # the small rows (25000 kimg)
+    assert proc.stdout.count('--kimg 1500 --metrics fid10k_full') == 3  # the base rows (15000 kimg)
+    assert '--kimg 2500 --metrics none' in proc.stdout  # GS's sparsity training, scaled alike
 
     (tmp_path / 'checkpoints' / '79999_iter.pth').unlink()
     proc = _run(['--table', '1', '--dry-run'], tmp_path, tmp_path)
@@ -261,3 +271,32 @@ def test_row_lock_is_exclusive_and_released_when_the_holder_is_killed(tmp_path):
         holder.wait()
     with rp.step_lock(str(tmp_path), 'row') as got:
         assert got is True
+
+
+def test_plan_of_the_real_table1_shares_pruning_by_what_it_computes():
+    configs = rp.read_configs(str(ROOT / 'configs'))
+    rows = rp.table_rows(configs, 1)
+    plan = rp.make_plan(configs, rows, '/tmp/nowhere', kimg_scale=0.1)
+    # Our own grouping from the YAML files: teacher (or GS's sparsity run), method, ratio, other options.
+    groups = {}
+    for path in sorted((ROOT / 'configs').glob('table1-*.yaml')):
+        data = yaml.safe_load(path.read_text())
+        if data['paper']['table'] != 1:
+            continue
+        prune = dict(data['prune'])
+        key = (prune.pop('network', data['teacher']), prune.pop('method'), prune.pop('ratio'), tuple(sorted(prune.items())))
+        groups.setdefault(key, set()).add(path.stem)
+    assert sorted(map(sorted, groups.values())) == sorted(sorted(s.rows) for s in plan.prunes.values())
+    by_name = {r.name: r for r in plan.rows}
+    assert by_name['table1-ffhq256-small-dcp'].student == by_name['table1-ffhq256-small-dcp-svs'].student
+    assert by_name['table1-ffhq256-small-dcp'].student != by_name['table1-ffhq256-small-cagan'].student
+    assert by_name['table1-ffhq256-small-dcp'].kimg == 2500 and by_name['table1-ffhq256-base-dcp'].kimg == 1500
+    # GS prunes the last snapshot of its sparsity-training config, which runs first as a helper.
+    gs = plan.prunes[by_name['table1-ffhq256-small-gs'].prune]
+    assert gs.helper == 'table1-ffhq256-small-gs-sparse' and list(plan.helpers) == [gs.helper]
+    # --dataset and --rows pick rows; other --n-samples make another student.
+    church = rp.select_rows(rows, dataset='church')
+    assert {r.name for r in church} == {n for n in by_name if n.startswith('table1-church')} and len(church) == 6
+    assert [r.name for r in rp.select_rows(rows, ['table1-ffhq256-small-dcp*'])] == ['table1-ffhq256-small-dcp-svs', 'table1-ffhq256-small-dcp']
+    other = rp.make_plan(configs, rows, '/tmp/nowhere', n_samples=100)
+    assert set(other.prunes).isdisjoint(plan.prunes)

@@ -88,19 +88,25 @@ def _diff(mine, paper, digits):
     return '—' if mine is None or paper is None else f'{mine - paper:+.{digits}f}'
 
 
-def row_cells(row, done):
-    """(label, setting, kimg, status) plus paper/ours/difference per metric column."""
+def metric_columns(rows):
+    """FID, P, R, D, C; and SSIM when a row of the table has a paper SSIM (DDPM rows)."""
+    extra = (('SSIM', 'ssim'),) if any(r.paper.get('ssim') is not None for r in rows) else ()
+    return rp.METRIC_COLUMNS + extra
+
+
+def row_cells(row, done, columns=rp.METRIC_COLUMNS):
+    """Paper, ours and the difference per metric column."""
     cells = []
-    for _title, key in rp.METRIC_COLUMNS:
+    for _title, key in columns:
         digits = 2 if key == 'fid' else 3
         paper, mine = row.paper.get(key), ours(done, key)
         cells += [_num(paper, digits), _num(mine, digits), _diff(mine, paper, digits)]
     return cells
 
 
-def metric_header():
+def metric_header(columns=rp.METRIC_COLUMNS):
     out = []
-    for title, _key in rp.METRIC_COLUMNS:
+    for title, _key in columns:
         out += [f'{title} paper', f'{title} ours', f'Δ{title}']
     return out
 
@@ -162,7 +168,8 @@ def write_report(plan, table, settings, states, command, teacher_strips):
     outdir = plan.outdir
     rel = lambda p: os.path.relpath(p, outdir)
     title = scale_title(table, settings)
-    header = ['config', 'row', 'setting', 'kimg', 'status'] + metric_header()
+    columns = metric_columns(plan.rows)
+    header = ['config', 'row', 'setting', 'kimg', 'status'] + metric_header(columns)
     md_rows, html_rows = [], []
     for row in plan.rows:
         done = states[row.name]
@@ -171,8 +178,8 @@ def write_report(plan, table, settings, states, command, teacher_strips):
             status = f'done ({dnnlib.util.format_time(done["seconds"])})'
         else:
             link = rel(row.dir)
-            status = 'not finished'
-        cells = [row.paper.row, row.paper.get('setting') or '—', f'{row.kimg:g}', status] + row_cells(row, done)
+            status = 'started, not finished' if os.path.isfile(os.path.join(row.dir, 'plan.json')) else 'not started'
+        cells = [row.paper.row, row.paper.get('setting') or '—', f'{row.kimg:g}', status] + row_cells(row, done, columns)
         md_cells = [f'[`{row.name}`]({link})'] + [c.replace('|', '\\|') for c in cells]
         md_rows.append('| ' + ' | '.join(md_cells) + ' |')
         html_rows.append('<tr><td><a href="' + html.escape(link) + '"><code>' + html.escape(row.name) + '</code></a></td>'
