@@ -288,3 +288,21 @@ def test_style_mixing_cutoff_distribution_and_layers():
         w1, w2 = torch.tanh(z @ G.mapping.M), torch.tanh(mixing.z2 @ G.mapping.M)
     for layer in range(G.num_ws):
         assert torch.allclose(ws[:, layer], w1 if layer < 2 else w2), layer
+
+
+def test_nonfinite_flag_persists_until_popped():
+    # The flag of a term is the AND over every call since the last pop: one bad step is not
+    # forgotten by a later good one (the loop reads the flags once per step or tick).
+    G, D = _nets()
+    bad = [True]
+    loss = StyleGAN2Loss('cpu', G, D, style_mixing_prob=0,
+                         terms=[lambda ctx: {'maybe': ctx.img.mean() * (float('nan') if bad[0] else 1.0)}])
+    real, real_c, z, c = _batch()
+    G.requires_grad_(True)
+    loss.accumulate_gradients('Gmain', real, real_c, z, c, gain=1, cur_nimg=0)
+    bad[0] = False
+    loss.accumulate_gradients('Gmain', real, real_c, z, c, gain=1, cur_nimg=0)
+    flags = loss.pop_finite_flags()
+    assert not bool(flags['Loss/G/maybe']) and bool(flags['Loss/G/loss'])
+    loss.accumulate_gradients('Gmain', real, real_c, z, c, gain=1, cur_nimg=0)
+    assert bool(loss.pop_finite_flags()['Loss/G/maybe'])
