@@ -259,20 +259,19 @@ train.main()
 
 
 def _nvidia_runs(repo, size):
-    """(part, label, argument list) for the configs the NVIDIA checkout supports."""
+    """(part, label, argument list) for the configs the NVIDIA checkout supports. NVIDIA's --kimg and
+    --tick are whole kimg: tick 0 is its first step, the ticks after it are timed."""
     with open(os.path.join(repo, 'train.py')) as f:
         source = f.read()
-    steps_kimg = size['batch'] * size['steps'] / 1000
-    common = ['--gpus=1', f'--batch={size["batch"]}', '--snap=1000', '--metrics=none']
+    common = ['--gpus=1', f'--batch={size["batch"]}', '--snap=1000', '--metrics=none', '--aug=noaug']
     runs = []
     if 'stylegan3-t' in source:  # NVlabs/stylegan3
-        common += [f'--tick={steps_kimg:g}', f'--kimg={steps_kimg * (size["ticks"] + 1):g}', '--aug=noaug']
+        common += ['--tick=1', '--kimg=2']
         runs.append(('train', '(a) stylegan2 (paper256 widths)', common + ['--cfg=stylegan2', '--gamma=1',
-                                                                           '--cbase=16384', '--map=8']))
+                                                                           '--cbase=16384']))
         runs.append(('sg3', '(c) stylegan3-t', common + ['--cfg=stylegan3-t', '--gamma=2']))
-    else:  # stylegan2-ada-pytorch: no --tick option; kimg per tick is fixed at 4
-        runs.append(('train', '(a) paper256', common + ['--cfg=paper256', f'--kimg={4 * (size["ticks"] + 1)}',
-                                                        '--aug=noaug']))
+    else:  # stylegan2-ada-pytorch: no --tick option; 4 kimg per tick
+        runs.append(('train', '(a) paper256', common + ['--cfg=paper256', '--kimg=8']))
     return runs
 
 
@@ -285,7 +284,7 @@ def check_nvidia(table, repo, device, size, tmp, results):
         outdir = os.path.join(tmp, f'nvidia-{part}')
         cmd = [sys.executable, '-c', _NVIDIA_SHIM, repo, f'--outdir={outdir}', f'--data={data}'] + args
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=repo)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
             log = proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as e:
             log = (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or '')

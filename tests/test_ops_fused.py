@@ -78,7 +78,7 @@ def test_op_checks_cover_every_factor_dtype_and_order():
 
 def test_use_fused_rules(monkeypatch):
     cpu = torch.zeros([1])
-    cuda_like = types.SimpleNamespace(device=torch.device('cuda'))
+    cuda_like = types.SimpleNamespace(device=torch.device('cuda'), dtype=torch.float16)
     monkeypatch.setattr(fused, '_triton_ok', True)
     assert not fused.use_fused('ref', cuda_like)
     assert fused.use_fused('triton', cpu)
@@ -90,6 +90,7 @@ def test_use_fused_rules(monkeypatch):
         assert fused.use_fused('triton', cpu)
     finally:
         fused.set_enabled(previous)
+    assert not fused.use_fused('cuda', types.SimpleNamespace(device=torch.device('cuda'), dtype=torch.bfloat16))
     monkeypatch.setattr(fused, '_triton_ok', False)  # no triton: CUDA tensors take the PyTorch path
     assert not fused.use_fused('cuda', cuda_like)
     with pytest.raises(AssertionError, match='impl must be one of'):

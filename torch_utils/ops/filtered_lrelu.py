@@ -9,8 +9,8 @@ Per channel, with the semantics of NVIDIA's reference implementation:
 Three paths:
 - ``impl='ref'`` composes ``bias_act`` and ``upfirdn2d`` exactly as NVIDIA's reference does.
 - ``impl='cuda'`` on CUDA tensors with ``triton`` installed, and ``impl='triton'`` anywhere (see
-  ``fused.py``): the fused Triton kernels of ``filtered_lrelu_fused.py``. They keep only a one-byte
-  sign map of the upsampled intermediate for backward, not the intermediate itself.
+  ``fused.py``): the fused Triton kernels of ``filtered_lrelu_fused.py``. They keep only a 2-bit
+  sign map of the upsampled intermediate for backward (as NVIDIA's kernel), not the intermediate.
 - ``impl='cuda'`` elsewhere (the CPU default) is the fast PyTorch path, ordinary autograd.
   It computes the same function with fewer operations: on small images each 1-D upsampling pass
   (zero insertion, padding and the FIR filter together) is one matrix product with a banded

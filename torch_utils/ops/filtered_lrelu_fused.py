@@ -1,7 +1,7 @@
 """The fused path of ``filtered_lrelu``: Triton kernels, keeping a sign map instead of the intermediate.
 
 Forward: the upsampling passes (bias added as samples are read; on the last pass, leaky ReLU, gain
-and clamp, writing a uint8 code per intermediate pixel: negative, positive or clamped), then the
+and clamp, writing a 2-bit code per intermediate pixel: negative, positive or clamped), then the
 downsampling passes. The upsampled intermediate exists only inside the forward call.
 
 The backward is linear in the incoming gradient once the codes are fixed: the adjoint of the

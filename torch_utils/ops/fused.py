@@ -16,6 +16,7 @@ import os
 import torch
 
 IMPLS = ('ref', 'cuda', 'triton')
+KERNEL_DTYPES = (torch.float16, torch.float32, torch.float64)  # others (bfloat16) take the PyTorch path
 
 _kernels = None          # the loaded torch_utils.ops.triton_kernels module
 _triton_ok = None        # cached result of triton_available()
@@ -36,7 +37,7 @@ def triton_available():
     if _triton_ok is None:
         try:
             import triton  # noqa: F401
-            import triton.language  # noqa: F401
+            import triton.language  # noqa: F401  (a broken install fails here)
             _triton_ok = True
         except Exception:  # ImportError, or a broken install raising anything else
             _triton_ok = False
@@ -70,11 +71,12 @@ def use_fused(impl, x):
         return False
     if impl == 'triton':
         return True
-    return _enabled and x.device.type == 'cuda' and triton_available()
+    return (_enabled and x.device.type == 'cuda' and getattr(x, 'dtype', None) in KERNEL_DTYPES
+            and triton_available())
 
 
 def check_kernel_input(x):
     assert x.device.type == 'cuda' or interpreted(), \
         'fused ops on CPU tensors need TRITON_INTERPRET=1 (set before triton is first imported)'
-    assert x.dtype in (torch.float16, torch.float32, torch.float64), \
+    assert x.dtype in KERNEL_DTYPES, \
         f'fused ops: unsupported dtype {x.dtype}'

@@ -206,23 +206,30 @@ def run_case(case, device):
 
 
 def check_saved_memory(device, tiny=True):
-    """The fused filtered_lrelu keeps one byte per intermediate pixel (the sign map), nothing in float."""
+    """The fused filtered_lrelu keeps 2 bits per intermediate pixel (the sign map) and nothing in float;
+    the intermediate's size is that of the largest tensor the reference keeps."""
     shape = [2, 3, 5, 6] if tiny else [4, 64, 64, 64]
     gen = torch.Generator().manual_seed(0)
     fn, x, b = _filtered_lrelu_maker(2, 2, 3, True, 0.7, shape)(device, torch.float32, gen)
-    fused_bytes, fused_dtypes = saved_bytes_for_backward(lambda x, b: fn(x, b, 'triton'), x, b)
-    ref_bytes, _ = saved_bytes_for_backward(lambda x, b: fn(x, b, 'ref'), x, b)
-    with torch.no_grad():
-        y = fn(x, b, 'ref')
-    # An upper bound on the intermediate's pixel count (2x upsampling plus the filters' margins).
-    mid_pixels = shape[0] * shape[1] * (shape[2] * 2 + 12) * (shape[3] * 2 + 12)
-    ok = fused_dtypes == ['torch.uint8'] and fused_bytes <= mid_pixels and fused_bytes * 4 <= ref_bytes
+    fused_bytes, fused_dtypes, _ = saved_for_backward(lambda x, b: fn(x, b, 'triton'), x, b)
+    ref_bytes, _, ref_largest = saved_for_backward(lambda x, b: fn(x, b, 'ref'), x, b)
+    ok = fused_dtypes == ['torch.uint8'] and fused_bytes == (ref_largest + 3) // 4
     return dict(name='filtered_lrelu/saved-for-backward', passed=bool(ok), error=fused_bytes, tol=ref_bytes,
-                note=f'bytes kept for backward: fused {fused_bytes} ({", ".join(fused_dtypes)}) vs ref {ref_bytes}; '
-                     f'output {tuple(y.shape)}')
+                note=f'bytes kept for backward: fused {fused_bytes} ({", ".join(fused_dtypes)}), ref {ref_bytes}; '
+                     f'intermediate {ref_largest} pixels')
 
 
 def run_all(device, tiny=True, names=None):
+    # TF32 would put the reference's convolutions ~1e-3 off on a GPU: compare in true float32.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _run_all(device, tiny, names)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _run_all(device, tiny, names):
     rows = []
     if names is None or 'filtered_lrelu/saved-for-backward' in names:
         rows.append(check_saved_memory(device, tiny))
@@ -236,8 +243,9 @@ def run_all(device, tiny=True, names=None):
     return rows
 
 
-def saved_bytes_for_backward(fn, x, b):
-    """(total bytes of tensors autograd keeps for backward, their dtypes) for one forward of ``fn``."""
+def saved_for_backward(fn, x, b):
+    """(total bytes of the tensors autograd keeps for backward, their dtypes, the largest one's numel)
+    for one forward of ``fn``."""
     saved = []
 
     def pack(t):
@@ -246,7 +254,8 @@ def saved_bytes_for_backward(fn, x, b):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(x.detach().requires_grad_(True), None if b is None else b.detach().requires_grad_(True))
     unique = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in saved}
-    return sum(t.numel() * t.element_size() for t in unique.values()), sorted({str(t.dtype) for t in unique.values()})
+    return (sum(t.numel() * t.element_size() for t in unique.values()), sorted({str(t.dtype) for t in unique.values()}),
+            max((t.numel() for t in unique.values()), default=0))
 
 
 def main():

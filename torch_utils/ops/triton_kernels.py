@@ -6,7 +6,7 @@ Imported only through ``fused.load_kernels()``. Two kernels:
   computed directly per output pixel (polyphase: only the taps that meet a real input sample are
   visited, so the zero-inserted image never exists). Optional prologue: add a per-channel bias
   to the input samples. Optional epilogue: leaky ReLU * gain, clamp, and write a 2-bit-per-pixel
-  code (negative / positive / clamped) into a uint8 sign map; or read such a map and scale by the
+  code (negative / positive / clamped), four to a byte, into a sign map; or read such a map and scale by the
   leaky ReLU's derivative (the backward of the activation without its input).
 - ``_bias_act``: elementwise bias + activation * gain + clamp, its first derivative times an
   incoming gradient, and its second derivative times two incoming tensors.
@@ -30,7 +30,7 @@ SIGN_NEG, SIGN_POS, SIGN_CLAMPED = 0, 1, 2
 ACT_IDS = {'linear': 0, 'relu': 1, 'lrelu': 2, 'tanh': 3, 'sigmoid': 4, 'elu': 5, 'selu': 6, 'softplus': 7, 'swish': 8}
 
 # Pixels per program. The interpreter's cost is per program and per op, not per pixel: bigger blocks.
-_BLOCK = 4096 if INTERPRETED else 256
+_BLOCK = 1024 if INTERPRETED else 256
 
 _params_cache = {}
 
@@ -108,9 +108,13 @@ def _upfirdn_pass(x_ptr, f_ptr, y_ptr, b_ptr, s_ptr,
         if HAS_CLAMP:
             code = tl.where((acc > clamp) | (acc < -clamp), 2, code)
             acc = tl.minimum(tl.maximum(acc, -clamp), clamp)
-        tl.store(s_ptr + out_offs, code.to(tl.uint8), mask=omask)
+        # Four 2-bit codes per byte, pixel 4k + j in bits 2j..2j+1 of byte k (blocks are 4-aligned).
+        packed = tl.sum(tl.reshape(code, [BLOCK // 4, 4]) << (tl.arange(0, 4) * 2)[None, :], axis=1)
+        byte_offs = pid * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+        tl.store(s_ptr + byte_offs, packed.to(tl.uint8), mask=byte_offs < (TOTAL + 3) // 4)
     if EPILOGUE == 2:  # times the derivative of that activation, read from the sign map
-        code = tl.load(s_ptr + out_offs, mask=omask, other=0).to(tl.int32)
+        byte = tl.load(s_ptr + out_offs // 4, mask=omask, other=0).to(tl.int32)
+        code = (byte >> ((out_offs % 4) * 2).to(tl.int32)) & 3
         acc = acc * tl.where(code == 1, act_gain, tl.where(code == 0, act_gain * slope, 0.0))
     tl.store(y_ptr + out_offs, acc.to(y_ptr.dtype.element_ty), mask=omask)
 
@@ -120,7 +124,8 @@ def upfirdn_pass(x, corr, up, down, pad0, out_size, bias=None, epilogue=0, signs
     """One pass on [N, C, H, W] ``x`` with the 2-D correlation kernel ``corr`` [KH, KW] (gain included).
 
     ``up``, ``down``, ``pad0`` and ``out_size`` are (x, y) pairs. ``epilogue``: 0 none, 1 leaky ReLU
-    writing a new sign map (returned as second value), 2 scale by the derivative read from ``signs``.
+    writing a new sign map (returned as second value: uint8, 2 bits per output pixel), 2 scale by the
+    derivative read from ``signs``.
     """
     (upx, upy), (downx, downy), (px0, py0), (ow, oh) = up, down, pad0, out_size
     n, c, h, w = x.shape
@@ -128,10 +133,11 @@ def upfirdn_pass(x, corr, up, down, pad0, out_size, bias=None, epilogue=0, signs
     kh, kw = corr.shape
     corr = corr.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
     y = torch.empty([n, c, oh, ow], dtype=x.dtype, device=x.device)
+    packed_bytes = (n * c * oh * ow + 3) // 4
     if epilogue == 1:
-        signs = torch.empty([n, c, oh, ow], dtype=torch.uint8, device=x.device)
+        signs = torch.empty([packed_bytes], dtype=torch.uint8, device=x.device)
     elif epilogue == 2:
-        assert signs is not None and signs.shape == y.shape and signs.dtype == torch.uint8
+        assert signs is not None and signs.shape == (packed_bytes,) and signs.dtype == torch.uint8
         signs = signs.contiguous()
     if n * c == 0 or oh * ow == 0:
         return (y, signs) if epilogue == 1 else y
