@@ -268,3 +268,95 @@ def test_rosinality_pruned_student_loads_via_layer_channels(fixtures_dir):
     G, _notes = checkpoints.convert_rosinality_generator(sd)
     assert G.synthesis.layer_channels == [64, 64, 64, 64, 40, 48, 32, 32]
     torch.testing.assert_close(G.synthesis.b16.conv1.weight, sd['convs.3.conv.weight'][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The real config-f variable list (stylegan2-ffhq-config-f.pkl, 1024 px), not our own inverse map.
+# Names and shapes as NVIDIA's TF code creates them (networks_stylegan2.py: G_main, G_mapping,
+# G_synthesis_stylegan2 'skip', D_stylegan2 'resnet'; weights HWIO, dense [in, out]); the trainable
+# generator variables add up to 30,370,060, the count the official training log prints for G.
+CONFIG_F_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128, 512: 64, 1024: 32}
+
+
+def _config_f_modulated(prefix, c_in, c_out, k, noise=True):
+    out = [(prefix + 'weight', (k, k, c_in, c_out)), (prefix + 'mod_weight', (512, c_in)), (prefix + 'mod_bias', (c_in,))]
+    return out + ([(prefix + 'noise_strength', ())] if noise else []) + [(prefix + 'bias', (c_out,))]
+
+
+def config_f_generator_variables():
+    """{component: [(name, shape)]} for G_main ('' = the top level), G_mapping and G_synthesis."""
+    ch = CONFIG_F_CHANNELS
+    mapping = [v for i in range(8) for v in ((f'Dense{i}/weight', (512, 512)), (f'Dense{i}/bias', (512,)))]
+    synthesis = [(f'noise{i}', (1, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2))) for i in range(17)]
+    synthesis += [('4x4/Const/const', (1, 512, 4, 4))]
+    synthesis += _config_f_modulated('4x4/Conv/', 512, 512, 3) + _config_f_modulated('4x4/ToRGB/', 512, 3, 1, noise=False)
+    for r in (8, 16, 32, 64, 128, 256, 512, 1024):
+        synthesis += _config_f_modulated(f'{r}x{r}/Conv0_up/', ch[r // 2], ch[r], 3)
+        synthesis += _config_f_modulated(f'{r}x{r}/Conv1/', ch[r], ch[r], 3)
+        synthesis += _config_f_modulated(f'{r}x{r}/ToRGB/', ch[r], 3, 1, noise=False)
+    return {'': [('lod', ()), ('dlatent_avg', (512,))], 'mapping': mapping, 'synthesis': synthesis}
+
+
+def config_f_discriminator_variables():
+    ch = CONFIG_F_CHANNELS
+    variables = [('1024x1024/FromRGB/weight', (1, 1, 3, 32)), ('1024x1024/FromRGB/bias', (32,))]
+    for r in (1024, 512, 256, 128, 64, 32, 16, 8):
+        variables += [(f'{r}x{r}/Conv0/weight', (3, 3, ch[r], ch[r])), (f'{r}x{r}/Conv0/bias', (ch[r],)),
+                      (f'{r}x{r}/Conv1_down/weight', (3, 3, ch[r], ch[r // 2])), (f'{r}x{r}/Conv1_down/bias', (ch[r // 2],)),
+                      (f'{r}x{r}/Skip/weight', (1, 1, ch[r], ch[r // 2]))]
+    return variables + [('4x4/Conv/weight', (3, 3, 513, 512)), ('4x4/Conv/bias', (512,)),
+                        ('4x4/Dense0/weight', (8192, 512)), ('4x4/Dense0/bias', (512,)),
+                        ('Output/weight', (512, 1)), ('Output/bias', (1,))]
+
+
+def test_real_config_f_variable_list_converts(tf_network_class):
+    g_vars, d_vars = config_f_generator_variables(), config_f_discriminator_variables()
+    trainable = [s for comp in ('mapping', 'synthesis') for n, s in g_vars[comp] if not n.startswith('noise')]
+    assert sum(math.prod(s) for s in trainable) == 30370060
+    probes = {'mapping/Dense3/weight', 'synthesis/64x64/Conv0_up/weight', 'synthesis/64x64/Conv0_up/mod_bias',
+              'synthesis/1024x1024/ToRGB/bias', 'synthesis/noise5', 'synthesis/noise6', 'dlatent_avg',
+              '8x8/Skip/weight', '4x4/Dense0/weight', '1024x1024/FromRGB/weight', 'Output/weight'}
+    rng = np.random.default_rng(0)
+    values = {}
+
+    def arrays(prefix, variables):
+        out = []
+        for name, shape in variables:
+            full = prefix + name
+            # Zeros cost no memory until touched; a few tensors get values to check the mapping.
+            a = rng.standard_normal(shape).astype(np.float32) if full in probes else np.zeros(shape, np.float32)
+            values[full] = a
+            out.append((name, a))
+        return out
+
+    def net(name, kwargs, variables, components=None):
+        return tf_network_class(version=4, name=name, static_kwargs=kwargs, components=components or {},
+                                build_module_src="raise RuntimeError('TF code executed')", build_func_name=name,
+                                variables=variables)
+    kwargs = dict(num_channels=3, resolution=1024, label_size=0, fmap_base=16384)
+    Gs = net('G', kwargs, arrays('', g_vars['']), dict(mapping=net('G_mapping', {}, arrays('mapping/', g_vars['mapping'])),
+                                                       synthesis=net('G_synthesis', {}, arrays('synthesis/', g_vars['synthesis']))))
+    D = net('D', kwargs, arrays('', d_vars))
+    from training import ckpt_tf
+    G = ckpt_tf.convert_tf_generator(Gs)  # strict: every TF variable used, every tensor of ours filled
+    Dn = ckpt_tf.convert_tf_discriminator(D)
+    assert sum(p.numel() for p in G.parameters()) == 30370060
+    assert sum(p.numel() for p in Dn.parameters()) == sum(math.prod(s) for _n, s in d_vars)
+    ch = CONFIG_F_CHANNELS
+    for r in (8, 64, 1024):
+        assert tuple(G.synthesis.get_submodule(f'b{r}.conv0').weight.shape) == (ch[r], ch[r // 2], 3, 3)
+        assert tuple(getattr(Dn, f'b{r}').conv1.weight.shape) == (ch[r // 2], ch[r], 3, 3)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    sd, dd = G.state_dict(), Dn.state_dict()
+    assert torch.equal(sd['mapping.fc3.weight'], t(values['mapping/Dense3/weight'].T))
+    assert torch.equal(sd['mapping.w_avg'], t(values['dlatent_avg']))
+    # Transposed conv in TF: the kernel is mirrored; HWIO -> OIHW.
+    assert torch.equal(sd['synthesis.b64.conv0.weight'], t(values['synthesis/64x64/Conv0_up/weight'][::-1, ::-1].transpose(3, 2, 0, 1)))
+    assert torch.equal(sd['synthesis.b64.conv0.affine.bias'], t(values['synthesis/64x64/Conv0_up/mod_bias'] + 1))
+    assert torch.equal(sd['synthesis.b1024.torgb.bias'], t(values['synthesis/1024x1024/ToRGB/bias']))
+    assert torch.equal(sd['synthesis.b32.conv0.noise_const'], t(values['synthesis/noise5'][0, 0]))
+    assert torch.equal(sd['synthesis.b32.conv1.noise_const'], t(values['synthesis/noise6'][0, 0]))
+    assert torch.equal(dd['b8.skip.weight'], t(values['8x8/Skip/weight'].transpose(3, 2, 0, 1)))
+    assert torch.equal(dd['b1024.fromrgb.weight'], t(values['1024x1024/FromRGB/weight'].transpose(3, 2, 0, 1)))
+    assert torch.equal(dd['b4.fc.weight'], t(values['4x4/Dense0/weight'].T))
+    assert torch.equal(dd['b4.out.weight'], t(values['Output/weight'].T))
