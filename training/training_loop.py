@@ -688,14 +688,14 @@ def training_loop(
                 if num_gpus > 1:
                     torch.distributed.all_reduce(flat)
                 num_values = flat.numel() - len(names)
-                values_finite = torch.isfinite(flat[:num_values].sum())  # NaN/Inf anywhere makes the sum non-finite
+                values_finite = torch.isfinite(flat[:num_values].sum())  # NaN/Inf anywhere (or an overflowing sum)
                 nonfinite.record(phase.name, names + ['gradients'],
                                  torch.cat([flat[num_values:] > 0, values_finite.logical_not().reshape(1)]), batch_idx)
                 torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
                 chunks = flat.split([t.numel() for t in pieces])
                 for p, g in zip(params, chunks[:len(params)]):
                     p.grad.copy_(g.reshape(p.shape))
-                for b, b0, d in zip(ema_bufs, start_bufs, chunks[len(params):]):
+                for b, b0, d in zip(ema_bufs, start_bufs, chunks[len(params):len(params) + len(deltas)]):
                     b.copy_(b0 + d.reshape(b.shape))
             phase.opt.step()
             if device.type != 'cuda':  # on CUDA this would need events or a sync; tick timings cover it
