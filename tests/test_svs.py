@@ -205,3 +205,16 @@ def test_default_parameter_set_of_sg3():
     with torch.no_grad():
         img = G(torch.randn([1, G.z_dim]), torch.zeros([1, 0]))
     assert torch.isfinite(img).all()
+
+
+@pytest.mark.parametrize('fn,top', [(lambda s: s + 1.0, 'plus_one'), ('pow:0', 'pow0')])
+def test_functions_with_f0_nonzero_keep_null_directions_zero(fn, top):
+    # A callable with f(0) = 1 and the power 0 (s^0 = 1): the rank-1 matrix must stay rank 1.
+    m = Toy()
+    with torch.no_grad():
+        m.affine.weight.copy_(torch.outer(torch.arange(1.0, 5.0), torch.linspace(-1, 1, 10)))
+    s0 = _np_svd(m.affine.weight)[1][0]
+    svs.scale_(m, fn=fn, names=['affine.weight'])
+    s = _np_svd(m.affine.weight)[1]
+    expected = s0 + 1.0 if top == 'plus_one' else 1.0
+    assert math.isclose(float(s[0]), expected, rel_tol=1e-5) and float(s[1:].max()) < 1e-5
