@@ -22,7 +22,7 @@ SSIM_K2 = 0.03
 
 def _as_nchw_float64(images):
     """uint8/float NHWC (numpy or torch) -> float64 NCHW torch tensor on the CPU."""
-    x = torch.as_tensor(np.ascontiguousarray(images)).to(torch.float64)
+    x = torch.as_tensor(np.array(images)).to(torch.float64)  # a copy: PNG arrays are read-only
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:

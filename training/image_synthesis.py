@@ -145,11 +145,12 @@ def generate_images(G, z, c, truncation_psi=1.0, noise_mode='const', batch=8, de
                     rotate=0, truncation_cutoff=None):
     """uint8 NHWC numpy images from latents ``z`` [N, z_dim] and labels ``c`` [N, c_dim]."""
     G = G.eval().requires_grad_(False).to(device)
+    extra = {} if truncation_cutoff is None else dict(truncation_cutoff=truncation_cutoff)
     out = []
     with user_transform(G, translate, rotate):
         for i in range(0, len(z), batch):
             img = G(z[i:i + batch].to(device), c[i:i + batch].to(device), truncation_psi=truncation_psi,
-                    truncation_cutoff=truncation_cutoff, noise_mode=noise_mode)
+                    noise_mode=noise_mode, **extra)
             out.append(to_uint8(img).cpu())
     return torch.cat(out).numpy()
 
