@@ -1,8 +1,9 @@
-"""Compute quality metrics (FID, KID, P&R, P/R/D/C) of a generator snapshot.
+"""Compute quality metrics (FID, KID, P&R, P/R/D/C, PPL, IS, StyleGAN3 equivariance) of a generator snapshot.
 
 Examples:
 
     python calc_metrics.py --network runs/00003/network-snapshot-001000.pkl --metrics fid50k_full,prdc50k_full
+    python calc_metrics.py --network sg3.pkl --metrics ppl2_wend,is50k,eqt50k_int,eqt50k_frac,eqr50k
     python calc_metrics.py --network ffhq.pkl --data ~/datasets/ffhq-256.zip --mirror 1 --gpus 4 \\
         --detector-dir /shared/detectors --metrics fid50k_full
 
