@@ -732,7 +732,7 @@ def _resume_latest(opts, given=None):
                            'mbstd_group', 'cbase', 'cmax', 'cond', 'subset', 'grid', 'teacher', 'student', 'init',
                            'svs_fn', 'teacher_d', 'distill', 'l1_weight', 'lpips_weight', 'ld_weight', 'ld_offset',
                            'sparse_eta', 'vgg_weight', 'mask', 'face_parser', 'lpips_vgg', 'lpips_lin', 'spectral_norm',
-                           'svs_every', 'aug', 'augpipe', 'seed')
+                           'svs_every', 'aug', 'augpipe', 'seed', 'freezed', 'nhwc')
                if (k in given if given is not None else opts.get(k) not in (None, False))]
     if ignored:
         print(f'--resume=latest: options come from {run_dir}/training_options.json; ignoring --{", --".join(ignored)}')
