@@ -249,3 +249,25 @@ def test_environment_yml_uses_live_channels_and_pins_a_supported_torch():
     torch_pin = next(p for p in pip if p.startswith('torch=='))
     triton_pin = next(p for p in pip if p.startswith('triton=='))
     assert f'{torch_pin.split("==")[1]} + CUDA 13.0, {triton_pin.replace("==", " ")}' in text  # the stated support
+
+# ---------------------------------------------------------------------------------------------
+# Choice values: NVIDIA's values are accepted with the same spelling.
+
+NVIDIA_CHOICES = {
+    ('train', '--cfg'): ['auto', 'stylegan2', 'paper256', 'paper512', 'paper1024', 'cifar', 'stylegan3-t', 'stylegan3-r'],
+    ('train', '--aug'): ['noaug', 'ada', 'fixed'],
+    ('train', '--augpipe'): ['blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc'],
+    ('generate', '--noise-mode'): ['const', 'random', 'none'],
+    ('gen_images', '--noise-mode'): ['const', 'random', 'none'],
+    ('style_mixing', '--noise-mode'): ['const', 'random', 'none'],
+    ('dataset_tool', '--transform'): ['center-crop', 'center-crop-wide'],
+    ('dataset_tool', '--resize-filter'): ['box', 'lanczos'],
+}
+
+
+@pytest.mark.parametrize('tool,option', sorted(NVIDIA_CHOICES))
+def test_nvidia_choice_values_are_accepted(tool, option):
+    cmd = _command(tool)
+    param = next(p for p in cmd.params if isinstance(p, click.Option) and option in p.opts)
+    assert isinstance(param.type, click.Choice)
+    assert set(NVIDIA_CHOICES[(tool, option)]) <= set(param.type.choices), (tool, option)
