@@ -54,7 +54,9 @@ def print_plan(plan, settings, checked):
                           for title, key in rp.METRIC_COLUMNS)
         print(f'\n[{i}/{len(plan.rows)}] {row.name}: "{row.paper.row}" ({row.paper.get("setting")})')
         print(f'  paper: {paper}')
-        recipe = dict(row.config.options, kimg=f'{row.kimg:g}', student=row.student, metrics=','.join(row.metrics))
+        recipe = dict(row.config.options, metrics=','.join(row.metrics))
+        if row.trains:
+            recipe.update(kimg=f'{row.kimg:g}', student=row.student)
         for key in ('gpus', 'device', 'snap'):
             if settings.get(key) is not None:
                 recipe[key] = settings[key]
@@ -70,11 +72,19 @@ def print_plan(plan, settings, checked):
                 network = step.network
             print(f'  prune: {rp.format_command(rp.prune_command(step, network, settings))}'
                   + (f'  (shared with {", ".join(shared)})' if shared else ''))
+        if not row.trains:
+            print(f'  evaluate: {rp.format_command(rp.metrics_command(row.teacher, row.metrics, row.data, settings, row.config, os.path.join(row.dir, "eval")))}'
+                  '  (the teacher itself: no training)')
+            continue
         print(f'  train: {rp.format_command(rp.train_command(row, settings, student=row.student, metrics=[row.curve_metric]))}')
         final = os.path.join(row.dir, '<run>', 'network-snapshot-<last>.pkl')
+        if row.family == 'ddpm':  # train_ddpm.py evaluates nothing: every snapshot gets the curve metric
+            print(f'  evaluate: {rp.format_command(rp.metrics_command(final, row.metrics, row.data, settings, row.config))}'
+                  f'  (and {row.curve_metric} of every earlier snapshot)')
+            continue
         rest = [m for m in row.metrics if m != row.curve_metric]
         if rest:
-            print(f'  evaluate: {rp.format_command(rp.metrics_command(final, rest, row.data, settings))}')
+            print(f'  evaluate: {rp.format_command(rp.metrics_command(final, rest, row.data, settings, row.config))}')
     print('\nInputs:')
     for name, what, path, problem in checked:
         print(f'  {"ok     " if problem is None else "MISSING"} {what:<12s} {path}' + (f'  ({problem})' if problem else '')
@@ -101,7 +111,7 @@ class Runner:
             nimg = rp.snapshot_nimg(training_loop.find_latest_snapshot(run))
             if nimg < target:
                 print(f'resuming {os.path.relpath(run, self.plan.outdir)} at {nimg / 1000:g} of {step.kimg:g} kimg', flush=True)
-                rp.run_command(rp.train_command(step, self.s, metrics=metrics, resume=True))
+                rp.run_command(rp.train_command(step, self.s, metrics=metrics, resume_run=run))
         else:
             rp.run_command(rp.train_command(step, self.s, student=student, metrics=metrics))
         run = rp.latest_run(step.dir)
@@ -139,18 +149,18 @@ class Runner:
             rp.run_command(rp.prune_command(step, network, self.s))
             rp.write_json(os.path.join(step.dir, 'done.json'), dict(network=network, seconds=time.time() - t0))
 
-    def evaluate(self, row, final):
-        """The row's metrics on its last snapshot, and its curve metric on every snapshot (filling in
-        points a killed job missed); returns (results, curve)."""
-        run = os.path.dirname(final)
-        snaps = [s for s in rp.snapshots(run) if rp.snapshot_nimg(s) <= rp.snapshot_nimg(final)]
+    def evaluate(self, row, final, eval_dir=None):
+        """The row's metrics on its last snapshot (or its teacher, recorded in ``eval_dir``), and its
+        curve metric on every snapshot (filling in points a killed job missed); returns (results, curve)."""
+        run = eval_dir or os.path.dirname(final)
+        snaps = [s for s in rp.snapshots(run) if rp.snapshot_nimg(s) <= rp.snapshot_nimg(final)] if eval_dir is None else [final]
         records = {m: rp.metric_records(run, m) for m in row.metrics}
         missing = [m for m in row.metrics if os.path.basename(final) not in records[m]]
         if missing:
-            rp.run_command(rp.metrics_command(final, missing, row.data, self.s))
+            rp.run_command(rp.metrics_command(final, missing, row.data, self.s, row.config, eval_dir))
         for snap in snaps:
             if snap != final and os.path.basename(snap) not in records[row.curve_metric]:
-                rp.run_command(rp.metrics_command(snap, [row.curve_metric], row.data, self.s))
+                rp.run_command(rp.metrics_command(snap, [row.curve_metric], row.data, self.s, row.config))
         records = {m: rp.metric_records(run, m) for m in row.metrics}
         results = {}
         for m in row.metrics:
@@ -160,7 +170,7 @@ class Runner:
         curve = dict(kimg=[], values=[])
         for snap in snaps:
             r = records[row.curve_metric].get(os.path.basename(snap))
-            if r is not None:
+            if r is not None and rp.snapshot_nimg(snap) is not None:
                 value = r.get(row.curve_metric, next(iter(r.values()), None))
                 curve['kimg'].append(rp.snapshot_nimg(snap) / 1000)
                 curve['values'].append(value)
@@ -180,15 +190,22 @@ class Runner:
                     os.makedirs(row.dir, exist_ok=True)
                     rp.check_marker(row.dir, identity, f'row {row.name}')
                     t0 = time.time()
-                    if row.prune:
-                        self.prune(row.prune)
-                    final = self.train(row, student=row.student, metrics=[row.curve_metric])
-                    results, curve = self.evaluate(row, final)
+                    eval_dir = None
+                    if row.trains:
+                        if row.prune:
+                            self.prune(row.prune)
+                        final = self.train(row, student=row.student, metrics=[row.curve_metric])
+                    else:  # a row of the teacher itself
+                        final, eval_dir = row.teacher, os.path.join(row.dir, 'eval')
+                        os.makedirs(eval_dir, exist_ok=True)
+                    results, curve = self.evaluate(row, final, eval_dir)
                     from training import table_report
-                    strip = table_report.sample_strip(final, device=self.device())
+                    strip = table_report.sample_strip(final, device=self.device(), ddim=rp.ddim_options(row.config))
                     table_report.save_strip(strip, os.path.join(row.dir, 'samples.png'))
-                    done = dict(identity=identity, run_dir=os.path.relpath(os.path.dirname(final), row.dir),
-                                snapshot=os.path.relpath(final, row.dir), kimg=rp.snapshot_nimg(final) / 1000,
+                    run_dir = eval_dir or os.path.dirname(final)
+                    done = dict(identity=identity, run_dir=os.path.relpath(run_dir, row.dir),
+                                snapshot=final if eval_dir else os.path.relpath(final, row.dir),
+                                kimg=rp.snapshot_nimg(final) / 1000 if row.trains else 0,
                                 results=results, curve_metric=row.curve_metric, curve=curve, samples_png='samples.png',
                                 seeds=list(table_report.GRID_SEEDS), seconds=time.time() - t0,
                                 finished=time.strftime('%Y-%m-%d %H:%M:%S'))
@@ -217,7 +234,8 @@ class Runner:
             safe = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in setting)
             path = os.path.join(self.plan.outdir, f'table{table}', f'teacher-{safe}.png')
             if not os.path.isfile(path):
-                table_report.save_strip(table_report.sample_strip(row.teacher, device=self.device()), path)
+                strip = table_report.sample_strip(row.teacher, device=self.device(), ddim=rp.ddim_options(row.config))
+                table_report.save_strip(strip, path)
             strips[setting] = table_report.read_strip(path, len(table_report.GRID_SEEDS))
         return strips
 

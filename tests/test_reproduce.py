@@ -300,3 +300,28 @@ def test_plan_of_the_real_table1_shares_pruning_by_what_it_computes():
     assert [r.name for r in rp.select_rows(rows, ['table1-ffhq256-small-dcp*'])] == ['table1-ffhq256-small-dcp-svs', 'table1-ffhq256-small-dcp']
     other = rp.make_plan(configs, rows, '/tmp/nowhere', n_samples=100)
     assert set(other.prunes).isdisjoint(plan.prunes)
+
+
+def test_plan_of_ddpm_rows_uses_the_ddpm_tools():
+    configs = rp.read_configs(str(ROOT / 'configs'))
+    rows = rp.table_rows(configs, 3)
+    if not rows:
+        pytest.skip('no Table 3 configs in this checkout')
+    settings = dnnlib.EasyDict(gpus=None, device=None, snap=None)
+    plan = rp.make_plan(configs, rows, '/tmp/nowhere')
+    for row in plan.rows:
+        data = yaml.safe_load(open(row.config.config))
+        assert data.get('family') == 'ddpm'
+        assert row.trains == bool(data.get('student') or data.get('prune'))
+        if not row.trains:  # "Pretrained": the teacher is evaluated, nothing is pruned or trained
+            assert row.prune is None
+            continue
+        step = plan.prunes[row.prune]
+        cmd = rp.prune_command(step, step.network, settings)
+        assert cmd[2:4] == ['ddpm', '--network'] and '--method' not in cmd and cmd[cmd.index('--ratio') + 1] == f'{data["prune"]["ratio"]:g}'
+        assert ('--svs' in cmd) == ('svs' in data['prune']) and cmd[cmd.index('--data') + 1] == rp.resolve_path(data['data'])
+        train = rp.train_command(row, settings, student=row.student)
+        assert train[1].endswith('train_ddpm.py') and train[train.index('--network') + 1] == os.path.join(step.dir, 'student')
+        assert '--metrics' not in train
+        ev = rp.metrics_command('snap.pkl', row.metrics, row.data, settings, row.config)
+        assert ev[ev.index('--ddim-steps') + 1] == str(data.get('sample-steps', 100))

@@ -113,6 +113,11 @@ def resolve_path(path):
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
+def family(config):
+    """'stylegan' (train.py, prune.py) or 'ddpm' (train_ddpm.py, prune.py ddpm): the config's ``family`` key."""
+    return str(config.options.get('family', 'stylegan'))
+
+
 def scaled_kimg(config, kimg_scale):
     kimg = float(config.options.get('kimg', 25000))
     return float(f'{kimg * kimg_scale:.6g}')
@@ -121,7 +126,7 @@ def scaled_kimg(config, kimg_scale):
 def row_metrics(config, metrics):
     """(all metrics, the curve metric) of a row: ``metrics`` when given, else the config's."""
     if metrics is None:
-        value = config.options.get('metrics', 'fid50k_full')
+        value = config.options.get('metrics', 'fid50k_full,prdc50k_full')  # the paper's columns
         metrics = [m.strip() for m in (value if isinstance(value, list) else str(value).split(',')) if m.strip() and m != 'none']
     if not metrics:
         raise dnnlib.util.UserError(f'{config.name}: no metrics to evaluate (give --metrics)')
@@ -144,7 +149,9 @@ def make_plan(configs, rows, outdir, kimg_scale=1.0, metrics=None, n_samples=Non
         row = dnnlib.EasyDict(name=config.name, config=config, paper=config.meta.paper, kimg=scaled_kimg(config, kimg_scale),
                               metrics=all_metrics, curve_metric=curve, dir=os.path.join(outdir, 'rows', config.name),
                               teacher=resolve_path(config.options.get('teacher')), data=resolve_path(config.options.get('data')),
-                              prune=None, student=resolve_path(config.options.get('student')))
+                              prune=None, student=resolve_path(config.options.get('student')), family=family(config))
+        # A DDPM row without a student evaluates its teacher (the "Pretrained" row); StyleGAN rows always train.
+        row.trains = row.family != 'ddpm' or row.student is not None or config.meta.get('prune') is not None
         if row.data is None:
             raise dnnlib.util.UserError(f'{config.config}: no "data" (the dataset of the row)')
         block = config.meta.get('prune')
@@ -167,22 +174,27 @@ def make_plan(configs, rows, outdir, kimg_scale=1.0, metrics=None, n_samples=Non
                 if key in options:
                     options[key] = resolve_path(options[key])
             network = f'helper:{helper}' if helper else options.pop('network', None) or row.teacher
-            identity = dict(network=network, method=block.method, ratio=block.ratio, options=options, n_samples=n_samples,
-                            helper_kimg=plan.helpers[helper].kimg if helper else None)
+            if row.family == 'ddpm':
+                options.setdefault('data', row.data)  # Diff-Prune's Taylor importance reads training images
+            identity = dict(network=network, method=block.method, ratio=block.ratio, options=options,
+                            n_samples=None if row.family == 'ddpm' else n_samples,
+                            helper_kimg=plan.helpers[helper].kimg if helper else None, family=row.family)
             key = _prune_dir_name(block.method, block.ratio, identity)
             step = plan.prunes.setdefault(key, dnnlib.EasyDict(
                 key=key, dir=os.path.join(outdir, 'students', key), network=network, helper=helper, method=block.method,
-                ratio=block.ratio, options=options, n_samples=n_samples, identity=identity, rows=[]))
+                ratio=block.ratio, options=options, n_samples=identity['n_samples'], identity=identity, rows=[],
+                family=row.family))
             step.rows.append(row.name)
             row.prune = key
-            row.student = os.path.join(step.dir, 'student.pkl')
+            row.student = os.path.join(step.dir, 'student' if row.family == 'ddpm' else 'student.pkl')
         plan.rows.append(row)
     return plan
 
 
 def row_identity(row, plan):
     """What a row's numbers depend on; a rerun with other values must not mix into the same folder."""
-    return dict(config=row.config.config, config_sha256=row.config.sha256, kimg=row.kimg, metrics=row.metrics,
+    return dict(config=row.config.config, config_sha256=row.config.sha256, kimg=row.kimg if row.trains else None,
+                metrics=row.metrics,
                 prune=row.prune and plan.prunes[row.prune].identity, student=None if row.prune else row.student)
 
 # ---------------------------------------------------------------------------------------------
@@ -200,37 +212,56 @@ def _device_args(settings, train=False):
     return args
 
 
-def train_command(step, settings, student=None, metrics=None, resume=False):
-    """train.py for a row or helper: a new run from its config, or ``--resume latest`` of its folder."""
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--outdir', step.dir]
-    if resume:
-        cmd += ['--resume', 'latest']
+def train_command(step, settings, student=None, metrics=None, resume_run=None):
+    """train.py (train_ddpm.py for DDPM rows) for a row or helper: a new run in its folder from its
+    config, or ``--resume latest`` of the run ``resume_run``. DDPM training evaluates no metrics."""
+    ddpm = family(step.config) == 'ddpm'
+    cmd = [sys.executable, os.path.join(ROOT, 'train_ddpm.py' if ddpm else 'train.py')]
+    if resume_run is not None:
+        cmd += ['--outdir', resume_run, '--resume', 'latest']
     else:
-        cmd += ['--config', step.config.config]
+        cmd += ['--outdir', step.dir, '--config', step.config.config]
         if student is not None:
-            cmd += ['--student', student]
-    cmd += ['--kimg', f'{step.kimg:g}', '--metrics', ','.join(metrics) if metrics else 'none']
+            cmd += ['--network' if ddpm else '--student', student]
+    cmd += ['--kimg', f'{step.kimg:g}']
+    if not ddpm:
+        cmd += ['--metrics', ','.join(metrics) if metrics else 'none']
     return cmd + _device_args(settings, train=True)
 
 
 def prune_command(step, network, settings):
-    cmd = [sys.executable, os.path.join(ROOT, 'prune.py'), '--network', network, '--method', step.method,
-           '--ratio', f'{step.ratio:g}']
+    """prune.py (``prune.py ddpm`` for Diff-Prune, whose method is implied) with the prune: block's options."""
+    ddpm = step.family == 'ddpm'
+    cmd = [sys.executable, os.path.join(ROOT, 'prune.py')] + (['ddpm', '--network', network] if ddpm else
+                                                             ['--network', network, '--method', step.method])
+    cmd += ['--ratio', f'{step.ratio:g}']
     for key, value in step.options.items():
-        if isinstance(value, bool):
-            cmd += [f'--{key}'] if value else []
+        if isinstance(value, bool):  # flags; DDPM's are --x/--no-x pairs
+            cmd += [f'--{key}'] if value else ([f'--no-{key}'] if ddpm else [])
         else:
             cmd += [f'--{key}', str(value)]
     if step.n_samples is not None:
         cmd += ['--n-samples', str(step.n_samples)]
-    if settings.get('device') is not None:
+    if settings.get('device') is not None and not ddpm:
         cmd += ['--device', settings.device]
     return cmd + ['--outdir', step.dir, '--overwrite']
 
 
-def metrics_command(snapshot, metrics, data, settings):
+def ddim_options(config):
+    """DDIM sampling of a DDPM row (its config's sample-steps and skip-type), or None for StyleGAN rows."""
+    if family(config) != 'ddpm':
+        return None
+    return dict(steps=int(config.options.get('sample-steps', 100)), skip_type=str(config.options.get('skip-type', 'uniform')))
+
+
+def metrics_command(snapshot, metrics, data, settings, config=None, run_dir=None):
     cmd = [sys.executable, os.path.join(ROOT, 'calc_metrics.py'), '--network', snapshot, '--metrics', ','.join(metrics),
            '--data', data]
+    ddim = ddim_options(config) if config is not None else None
+    if ddim:
+        cmd += ['--ddim-steps', str(ddim['steps']), '--skip-type', ddim['skip_type']]
+    if run_dir is not None:
+        cmd += ['--run-dir', run_dir]
     if settings.get('detector_dir'):
         cmd += ['--detector-dir', settings.detector_dir]
     return cmd + _device_args(settings)
@@ -305,7 +336,7 @@ def check_inputs(plan):
                 items.append((f'prune {step.key}', key, step.options[key]))
     for row in plan.rows:
         items += [(row.name, what, path) for what, path in step_inputs(row.config)]
-        if row.prune is None:
+        if row.prune is None and row.trains and row.student is not None:
             items.append((row.name, 'student', row.student))
     seen, out = set(), []
     for name, what, path in items:

@@ -23,11 +23,16 @@ GRID_SEEDS = tuple(range(8))
 # Images.
 
 
-def sample_strip(network, seeds=GRID_SEEDS, device='cpu'):
-    """uint8 NHWC images of a network's G_ema for ``seeds`` (constant noise, psi 1)."""
+def sample_strip(network, seeds=GRID_SEEDS, device='cpu', ddim=None):
+    """uint8 NHWC images of a network's G_ema for ``seeds`` (constant noise, psi 1); a DDPM
+    (``ddim``: its DDIM steps and skip type) samples from the seeds' initial noise."""
     from training import image_synthesis
-    from training.checkpoints import load_network
-    data = load_network(network, device='cpu', verbose=False)
+    if ddim is not None:
+        from training import ddpm_checkpoints
+        data = ddpm_checkpoints.load_generator(network, **ddim)
+    else:
+        from training.checkpoints import load_network
+        data = load_network(network, device='cpu', verbose=False)
     G = data.G_ema if data.G_ema is not None else data.G
     if G is None:
         raise dnnlib.util.UserError(f'{network}: holds no generator')
@@ -179,7 +184,7 @@ def write_report(plan, table, settings, states, command, teacher_strips):
         else:
             link = rel(row.dir)
             status = 'started, not finished' if os.path.isfile(os.path.join(row.dir, 'plan.json')) else 'not started'
-        cells = [row.paper.row, row.paper.get('setting') or '—', f'{row.kimg:g}', status] + row_cells(row, done, columns)
+        cells = [row.paper.row, row.paper.get('setting') or '—', f'{row.kimg:g}' if row.trains else '— (teacher)', status] + row_cells(row, done, columns)
         md_cells = [f'[`{row.name}`]({link})'] + [c.replace('|', '\\|') for c in cells]
         md_rows.append('| ' + ' | '.join(md_cells) + ' |')
         html_rows.append('<tr><td><a href="' + html.escape(link) + '"><code>' + html.escape(row.name) + '</code></a></td>'
