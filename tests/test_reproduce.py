@@ -151,6 +151,7 @@ def test_two_row_table_end_to_end(table_run):
     teacher = image_synthesis.generate_for_seeds(load_network(str(TEACHER), verbose=False).G_ema, range(8), noise_mode='const')
     np.testing.assert_array_equal(g[:64], image_synthesis.image_grid([image_synthesis.upscale_to(teacher, 64)]))
     assert 'Rows from the top: teacher; DCP-GAN (tiny); DCP-GAN + SVS (tiny).' in md
+    assert 'table1/losses-sample32.png' in md and _png(out / 'table1' / 'losses-sample32.png').std() > 5
 
 
 def test_killed_mid_row_rerun_finishes_with_the_same_numbers(table_run, tmp_path):

@@ -33,7 +33,7 @@ from training import config_meta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC_COLUMNS = (('FID', 'fid'), ('P', 'precision'), ('R', 'recall'), ('D', 'density'), ('C', 'coverage'))
-DATASETS = ('ffhq', 'church', 'cat')
+DATASETS = ('ffhq', 'church', 'cat', 'cifar10', 'celeba')
 _HELPER_RE = re.compile(r'<([A-Za-z0-9_.-]+) run>')  # prune network "runs/<CONFIG run>/network-snapshot-<last>.pkl"
 _SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.pkl$')
 PATH_PRUNE_OPTIONS = ('face-parser', 'network')

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 import dnnlib
+from training import report
 from training import reproduce_plan as rp
 
 GRID_SEEDS = tuple(range(8))
@@ -134,7 +135,8 @@ def scale_title(table, settings):
 
 
 def build_figures(plan, table, states, teacher_strips):
-    """Curves and sample grids per setting; returns [(setting, curves png or None, grid png or None, grid rows)]."""
+    """Curves, sample grids and losses per setting; returns [(setting, curves png, grid png, grid rows, losses png)]
+    (None for a figure without data)."""
     from metrics import plot_curves
     fig_dir = os.path.join(plan.outdir, f'table{table}')
     figures = []
@@ -153,6 +155,15 @@ def build_figures(plan, table, states, teacher_strips):
             metric = finished[0][1]['curve_metric']
             curves_png = plot_curves.plot_curve_points(curves, os.path.join(fig_dir, f'curves-{safe}.png'), ylabel=metric,
                                                        title=f'{setting}: {metric} during fine-tuning')
+        losses_png = None
+        stats = {r.paper.row: os.path.join(r.dir, d['run_dir'], 'stats.jsonl') for r, d in finished}
+        stats = {label: report.read_stats(path) for label, path in stats.items() if os.path.isfile(path)}
+        if stats:
+            try:
+                losses_png = os.path.join(fig_dir, f'losses-{safe}.png')
+                report.plot_training_curves(stats, losses_png)
+            except dnnlib.util.UserError:  # no Loss/* entries (e.g. a run of zero ticks): no figure
+                losses_png = None
         grid_rows = []
         strips = []
         if finished and teacher_strips.get(setting) is not None:
@@ -164,7 +175,7 @@ def build_figures(plan, table, states, teacher_strips):
         if finished:
             grid_png = os.path.join(fig_dir, f'samples-{safe}.png')
             save_png(sample_grid(strips), grid_png)
-        figures.append((setting, curves_png, grid_png, grid_rows))
+        figures.append((setting, curves_png, grid_png, grid_rows, losses_png))
     return figures
 
 
@@ -201,7 +212,7 @@ def write_report(plan, table, settings, states, command, teacher_strips):
     page = [f'<h1>{html.escape(title)}</h1>', f'<p class="note">Command: <code>{html.escape(command)}</code></p>',
             '<table><tr>' + ''.join(f'<th>{html.escape(h)}</th>' for h in header) + '</tr>'] + html_rows
     page += ['</table>', f'<p class="note">{html.escape(note)}</p>']
-    for setting, curves_png, grid_png, grid_rows in figures:
+    for setting, curves_png, grid_png, grid_rows, losses_png in figures:
         md += ['', f'## {setting}']
         page.append(f'<h2>{html.escape(setting)}</h2>')
         if curves_png is None and grid_png is None:
@@ -217,6 +228,10 @@ def write_report(plan, table, settings, states, command, teacher_strips):
                        f'Rows from the top: {"; ".join(grid_rows)}.')
             md += ['', f'![samples, {setting}]({rel(grid_png)})', '', caption]
             page.append(f'<img src="{html.escape(rel(grid_png))}" alt="samples"><p class="note">{html.escape(caption)}</p>')
+        if losses_png:
+            caption = f'Fine-tuning losses of the rows of {setting} (stats.jsonl, mean per tick).'
+            md += ['', f'![losses, {setting}]({rel(losses_png)})', '', caption]
+            page.append(f'<img src="{html.escape(rel(losses_png))}" alt="losses"><p class="note">{html.escape(caption)}</p>')
     style = ('body{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}table{border-collapse:collapse;'
              'margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:nth-child(-n+3),'
              'th:nth-child(-n+3){text-align:left}img{max-width:100%;border:1px solid #ddd}.note{color:#555;font-size:.9em}')
