@@ -212,13 +212,16 @@ def calibration_batch(data, batch, resolution, seed=0):
     return torch.from_numpy(images).to(torch.float32) / 127.5 - 1
 
 
-def apply_svs(unet, fn='sqrt', reset_norm=True):
+def apply_svs(unet, fn='sqrt', reset_norm=True, spectra_png=None):
     """SVS of a DDPM through the shared ``svs.scale_`` (the DDPM rule), then optionally the official
-    GroupNorm reset (``svs_reset_norm``, default on for Table 3). Returns a small JSON-able report."""
+    GroupNorm reset (``svs_reset_norm``, default on for Table 3). Returns a small JSON-able report;
+    ``spectra_png``: also plot the singular values before/after (svs.spectra)."""
     import svs
-    from svs import scaling
+    from svs import scaling, spectra
     report = svs.scale_(unet, fn=fn)
     reset = scaling.reset_group_norm_affine_(unet) if reset_norm else []
+    if spectra_png is not None:
+        spectra.plot_spectra(report, spectra_png, title=f'DDPM UNet: SVS ({report.fn})')
     return dict(fn=report.fn, scaled=[layer.name for layer in report.layers], reset_group_norms=reset)
 
 
@@ -233,6 +236,8 @@ def prune_ddpm(network, outdir, ratio=0.3, importance='taylor', rounding='legacy
         raise UserError(f'--outdir: {outdir} already holds a student (use --overwrite or another folder)')
     teacher = ddpm_checkpoints.load_ddpm(network)
     unet = teacher.net
+    widths = lambda net: [m.conv1.out_channels for m in net.modules() if hasattr(m, 'conv1') and hasattr(m, 'time_emb_proj')]
+    teacher_widths = widths(unet)
     schedule = diffusion.make_schedule(**(teacher.diffusion or {}))
     images = None
     if importance == 'taylor':
@@ -249,7 +254,9 @@ def prune_ddpm(network, outdir, ratio=0.3, importance='taylor', rounding='legacy
                 thr=thr, batch=batch if importance == 'taylor' else None, seed=seed, taylor_steps=report.taylor_steps,
                 params=dict(teacher=report.params_before, student=report.params),
                 macs=dict(teacher=report.macs_before, student=report.macs),
-                layers=[dict(layer) for layer in report.layers], svs=svs_report)
+                layers=[dict(layer) for layer in report.layers], svs=svs_report,
+                settings=dict(importance=importance, thr=thr, n_samples=batch if importance == 'taylor' else None, seed=seed),
+                teacher_widths=teacher_widths, widths=widths(unet))
     dnnlib.util.atomic_write_bytes(json_path, (json.dumps(info, indent=2) + '\n').encode('utf-8'))
     return dnnlib.EasyDict(student=student_dir, report=report, info=info)
 
@@ -260,10 +267,11 @@ def svs_ddpm(network, outdir, fn='sqrt', reset_norm=True, overwrite=False):
     import os
     from training import ddpm_checkpoints, diffusion
     student_dir = os.path.join(outdir, 'student')
+    os.makedirs(outdir, exist_ok=True)
     if not overwrite and os.path.exists(student_dir):
         raise UserError(f'--outdir: {student_dir} exists (use --overwrite or another folder)')
     src = ddpm_checkpoints.load_ddpm(network)
-    report = apply_svs(src.net, fn, reset_norm)
+    report = apply_svs(src.net, fn, reset_norm, spectra_png=os.path.join(outdir, 'spectra.png'))
     ddpm_checkpoints.save_diffusers(src.net.eval(), student_dir, diffusion=diffusion.make_schedule(**(src.diffusion or {})))
     dnnlib.util.atomic_write_bytes(os.path.join(outdir, 'svs.json'),
                                    (json.dumps(dict(network=os.fspath(network), **report), indent=2) + '\n').encode('utf-8'))
