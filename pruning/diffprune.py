@@ -98,7 +98,7 @@ def taylor_gradients(unet, images, diffusion, thr=0.05, seed=0, verbose=True):
         value = float(loss.detach())
         max_loss = max(max_loss, value)
         if verbose and t % 100 == 0:
-            print(f'diffprune taylor: t={t} loss {value:.5f} (max {max_loss:.5f})')
+            print(f'diffprune taylor: t={t} loss {value:.5f} (max {max_loss:.5f})', flush=True)
         if value < max_loss * thr:
             break
     return used
@@ -191,7 +191,7 @@ def prune_unet(unet, ratio, importance='taylor', rounding='legacy', images=None,
     macs, params = count_ddim_macs(unet)
     if verbose:
         print(f'diffprune {importance} r={ratio}: params {before_params / 1e6:.4f}M -> {params / 1e6:.4f}M, '
-              f'MACs {before_macs / 1e9:.4f}G -> {macs / 1e9:.4f}G ({len(layers)} groups pruned)')
+              f'MACs {before_macs / 1e9:.4f}G -> {macs / 1e9:.4f}G ({len(layers)} groups pruned)', flush=True)
     return dnnlib.EasyDict(ratio=ratio, importance=importance, rounding=rounding, taylor_steps=steps, layers=layers,
                            params_before=before_params, params=params, macs_before=before_macs, macs=macs)
 
