@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,15 @@ def _load(path):
 
 def _num(v):
     return '—' if v is None else f'{v:g}'
+
+
+def _train_ddpm(*args):
+    """train_ddpm.py in this process (click's runner) -> (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+    sys.path.insert(0, str(ROOT))
+    import train_ddpm
+    result = CliRunner().invoke(train_ddpm.main, list(args))
+    return result.exit_code, result.stdout, result.stderr
 
 
 def row_cells(name, cfg):
@@ -78,27 +86,24 @@ def test_one_config_per_row_schema_and_readme():
         assert rows[path.stem] == row_cells(path.stem, cfg), path.stem
 
 
-def test_dry_run_resolves_the_recipe(tmp_path):
+def test_dry_run_resolves_the_recipe(tmp_path, monkeypatch):
     for name, res in (('cifar10-32x32', 32), ('celeba-64x64', 64)):
         os.makedirs(tmp_path / 'datasets', exist_ok=True)
         sample_data.make_sample_dataset(str(tmp_path / 'datasets' / f'{name}.zip'), num_images=2, resolution=res)
     picks = [ROOT / 'configs' / 'table3-cifar10-diffprune30-svs.yaml', ROOT / 'configs' / 'table3-celeba64-diffprune70.yaml']
     for path in picks:
         cfg = _load(path)
-        r = subprocess.run([sys.executable, str(ROOT / 'train_ddpm.py'), '--outdir', 'runs', '--config', str(path),
-                            '--gpus', '4', '--dry-run'], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, OMP_NUM_THREADS='1'))
-        assert r.returncode == 0, r.stderr[-1500:]
-        resolved = json.loads(r.stdout[r.stdout.index('{\n'):r.stdout.index('\n}') + 2])
+        monkeypatch.chdir(tmp_path)
+        code, out, err = _train_ddpm('--outdir', 'runs', '--config', str(path), '--gpus', '4', '--dry-run')
+        assert code == 0, err[-1500:]
+        resolved = json.loads(out[out.index('{\n'):out.index('\n}') + 2])
         assert resolved['network'] == str(tmp_path / cfg['student'])
         assert (resolved['batch_size'], resolved['batch_gpu'], resolved['total_kimg']) == (cfg['batch'], cfg['batch-gpu'], cfg['kimg'])
         assert (resolved['lr'], resolved['ema_beta'], resolved['dropout'], resolved['grad_clip']) == (2e-4, 0.9999, 0.1, 1.0)
-        assert resolved['skip_type'] == cfg['skip-type'] and 'Paper row:' in r.stdout
+        assert resolved['skip_type'] == cfg['skip-type'] and 'Paper row:' in out
         assert not (tmp_path / 'runs').exists()
-    r = subprocess.run([sys.executable, str(ROOT / 'train_ddpm.py'), '--outdir', 'runs', '--config',
-                        str(ROOT / 'configs' / 'table3-cifar10-pretrained.yaml')], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode != 0 and 'no student' in r.stderr
+    code, _out, err = _train_ddpm('--outdir', 'runs', '--config', str(ROOT / 'configs' / 'table3-cifar10-pretrained.yaml'))
+    assert code != 0 and 'no student' in err
 
 
 @pytest.mark.parametrize('bad', [{'paper': {'table': 'three', 'row': 'x'}}, {'lr_g': 1}, {'family': 'stylegan'}])
@@ -106,6 +111,5 @@ def test_bad_config_is_one_line(tmp_path, bad):
     cfg = dict(_load(ROOT / 'configs' / 'table3-cifar10-diffprune30.yaml'), **bad)
     path = tmp_path / 'bad.yaml'
     path.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, str(ROOT / 'train_ddpm.py'), '--outdir', str(tmp_path / 'runs'), '--config', str(path),
-                        '--dry-run'], capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and r.stderr.count('\n') == 1 and 'bad.yaml' in r.stderr
+    code, _out, err = _train_ddpm('--outdir', str(tmp_path / 'runs'), '--config', str(path), '--dry-run')
+    assert code == 1 and err.count('\n') == 1 and err.startswith('error: ') and 'bad.yaml' in err
