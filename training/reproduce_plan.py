@@ -27,6 +27,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 
 import dnnlib
 from training import config_meta
@@ -300,7 +302,7 @@ def input_problem(path):
     if path is None:
         return 'not given'
     if str(path).startswith('file://'):
-        path = dnnlib.util._local_path_from_file_url(path)  # pylint: disable=protected-access
+        path = urllib.request.url2pathname(urllib.parse.urlparse(str(path)).path)
     elif is_url(path):
         cached = os.path.join(dnnlib.util.make_cache_dir_path('downloads'), dnnlib.util.url_cache_name(path))
         if os.path.isfile(cached) or os.environ.get('SVS_OFFLINE') != '1':
