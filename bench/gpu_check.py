@@ -8,6 +8,8 @@ Parts (``--parts``, comma-separated):
   ops      every fused op (bias_act, upfirdn2d, filtered_lrelu) against ``impl='ref'``: forward,
            gradient, gradient of gradient in fp32, fp16 against fp32, gradcheck/gradgradcheck in fp64,
            the up/down factors 1/2/4 and StyleGAN's paddings; and the bytes filtered_lrelu keeps for backward.
+  net      small StyleGAN2 and StyleGAN3-T G and D, fused vs PyTorch path: the image and all parameter
+           gradients of a loss with path-length and R1 terms (second order through the whole network).
   train    (a) ``paper256`` teacher training at 256 px,
   distill  (b) the table-1 FFHQ small DCP+SVS distillation step (L1 + LPIPS + LD; random stand-in
            teacher and LPIPS weights; uniform mask instead of the face parser),
@@ -38,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
-PARTS = ('ops', 'train', 'distill', 'sg3', 'dcp')
+PARTS = ('ops', 'net', 'train', 'distill', 'sg3', 'dcp')
 
 # Per size: (resolution, channel_base, channel_max, mapping depth, batch, steps per tick, ticks).
 SIZES = {
@@ -84,6 +86,48 @@ def check_ops(table, device, tiny):
     n_pass = sum(r['passed'] for r in rows)
     table.add('ops', 'all', 'PASS' if n_pass == len(rows) else 'FAIL',
               f'{n_pass}/{len(rows)} checks passed in {time.time() - start:.0f} s')
+
+def check_networks(table, device, tiny):
+    """Whole networks, fused vs PyTorch path: image, and every parameter's gradient of a loss holding
+    path-length (G) and R1 (D) terms, i.e. second-order gradients through every fused op."""
+    import torch
+    import dnnlib
+    from torch_utils.ops import fused
+    from training import presets
+    res, cbase, cmax = (16, 512, 16) if tiny else (64, 16384, 256)
+    # StyleGAN3's big filters at 4x upsampling take minutes in the interpreter: its ops are checked
+    # one by one there, the whole network on a GPU.
+    for cfg in ('paper256',) if device.type == 'cpu' else ('paper256', 'stylegan3-t'):
+        G_kwargs, D_kwargs = presets.network_kwargs(cfg, res, channel_base=cbase, channel_max=cmax, map_depth=2,
+                                                    fp32=True, batch=2)
+        torch.manual_seed(0)
+        G = dnnlib.util.construct_class_by_name(**G_kwargs).to(device)
+        D = dnnlib.util.construct_class_by_name(**D_kwargs).to(device)
+        gen = torch.Generator().manual_seed(1)
+        z = torch.randn([2, G.z_dim], generator=gen).to(device)
+        pl_dir = torch.randn([2, 3, res, res], generator=gen).to(device)
+        params = [p for p in list(G.parameters()) + list(D.parameters()) if p.requires_grad]
+        outputs = {}
+        start = time.time()
+        fused_mode = 'always' if device.type == 'cpu' else True  # 'always': CPU tensors too (interpreter)
+        for mode in (fused_mode, False):
+            previous = fused.set_enabled(mode)
+            try:
+                ws = G.mapping(z, None).detach().requires_grad_(True)
+                img = G.synthesis(ws, noise_mode='const')
+                pl = torch.autograd.grad((img * pl_dir).sum(), ws, create_graph=True)[0].square().sum()
+                real = img.detach().requires_grad_(True)
+                logits = D(real, None)
+                r1 = torch.autograd.grad(logits.sum(), real, create_graph=True)[0].square().sum()
+                loss = img.square().mean() + pl + r1 + torch.nn.functional.softplus(logits).sum()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                outputs[mode] = [img.detach()] + [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+            finally:
+                fused.set_enabled(previous)
+        a, b = torch.cat([t.flatten() for t in outputs[fused_mode]]), torch.cat([t.flatten() for t in outputs[False]])
+        err = ((a - b).norm() / b.norm()).item()
+        table.add('net', f'{cfg} {res} px: image + all grads of PL and R1 losses', 'PASS' if err <= 1e-3 else 'FAIL',
+                  f'||fused - ref|| / ||ref|| = {err:.2e} (tol 1e-3), {len(params)} parameters, {time.time() - start:.0f} s')
 
 # ----------------------------------------------------------------------------------------------
 # Training steps.
@@ -345,6 +389,7 @@ def main(device, tiny, parts, nvidia_repo, batch, json_out):
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         steps = dict(ops=lambda: check_ops(table, device.type, tiny),
+                     net=lambda: check_networks(table, device, tiny),
                      train=lambda: check_train(table, device, size, tmp, results),
                      distill=lambda: check_distill(table, device, size, tmp, results),
                      sg3=lambda: check_sg3(table, device, size, tmp, results),

@@ -46,7 +46,9 @@ def test_gpu_check_tiny_passes(gpu_check):
     assert 'PASSED: 0 failing rows' in proc.stdout
     assert 'Traceback' not in proc.stdout + proc.stderr
     parts = {part for part, _check in gpu_check.rows}
-    assert {'ops', 'train', 'distill', 'sg3', 'dcp'} <= parts
+    assert {'ops', 'net', 'train', 'distill', 'sg3', 'dcp'} <= parts
+    net = [r for (p, _c), r in gpu_check.rows.items() if p == 'net']
+    assert net and all(r['status'] == 'PASS' for r in net), net
     for part in ('train', 'distill', 'sg3'):
         timed = [r for (p, _c), r in gpu_check.rows.items() if p == part and 'kimg' in r['numbers']]
         assert timed and all(r['status'] == 'PASS' for r in timed), timed
@@ -88,6 +90,8 @@ def test_use_fused_rules(monkeypatch):
     try:
         assert not fused.use_fused('cuda', cuda_like)
         assert fused.use_fused('triton', cpu)
+        fused.set_enabled('always')
+        assert fused.use_fused('cuda', cpu) and not fused.use_fused('ref', cpu)
     finally:
         fused.set_enabled(previous)
     assert not fused.use_fused('cuda', types.SimpleNamespace(device=torch.device('cuda'), dtype=torch.bfloat16))

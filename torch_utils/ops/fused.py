@@ -24,10 +24,12 @@ _enabled = os.environ.get('SVS_FUSED_OPS', '1') != '0'  # SVS_FUSED_OPS=0: impl=
 
 
 def set_enabled(enabled):
-    """Let ``impl='cuda'`` use the fused kernels (True, the default) or not; returns the previous setting.
+    """Let ``impl='cuda'`` use the fused kernels (True, the default), not (False), or use them on every
+    device ('always': checks of whole networks under the interpreter); returns the previous setting.
     Benchmarks use it to time both paths in one process; ``impl='triton'`` is not affected."""
     global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+    assert enabled in (True, False, 'always')
+    previous, _enabled = _enabled, enabled
     return previous
 
 
@@ -70,6 +72,8 @@ def use_fused(impl, x):
     if impl == 'ref':
         return False
     if impl == 'triton':
+        return True
+    if _enabled == 'always':
         return True
     return (_enabled and x.device.type == 'cuda' and getattr(x, 'dtype', None) in KERNEL_DTYPES
             and triton_available())
