@@ -19,6 +19,7 @@ from training import report
 from training import reproduce_plan as rp
 
 GRID_SEEDS = tuple(range(8))
+PAPER_METRICS = ('fid50k_full', 'prdc50k_full')  # the configs' metrics: the paper's columns at its sample counts
 
 # ---------------------------------------------------------------------------------------------
 # Images.
@@ -125,7 +126,7 @@ def scale_title(table, settings):
     scaled = []
     if settings.kimg_scale != 1:
         scaled.append(f'kimg × {settings.kimg_scale:g}')
-    if settings.metrics is not None:
+    if settings.metrics is not None and set(settings.metrics) != set(PAPER_METRICS):
         scaled.append(f'metrics {",".join(settings.metrics)}')
     if settings.n_samples is not None:
         scaled.append(f'{settings.n_samples} pruning latents')
