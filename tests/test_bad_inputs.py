@@ -46,7 +46,10 @@ def _files(root):
 
 def _mount_tmpfs(path, options):
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True, text=True)
+    except OSError as e:  # no mount program
+        return f'cannot run mount ({e})'
     if proc.returncode != 0:
         return (proc.stderr or proc.stdout or 'mount failed').strip().splitlines()[0]
     return None
