@@ -127,10 +127,9 @@ def test_salt_and_pepper_vectorised_equals_per_pixel_loop():
     assert int((g_fast != 0).any(dim=1).sum()) == int((noised & (content > 0)).sum())
 
 
-def test_cagan_score_equals_per_pixel_reference(G2):
-    seed, n_samples, batch, p = 4, 4, 2, 0.2
-    ours = cagan.score(G2, n_samples=n_samples, batch=batch, noise_prob=p, seed=seed, device='cpu', progress=False)
-    G = scorers.prepare_generator(G2, torch.device('cpu'))
+def _cagan_reference(G, seed, n_samples, batch, p):
+    """CAGAN with a uniform mask written out: per-pixel salt-and-pepper target, L1, autograd."""
+    G = scorers.prepare_generator(G, torch.device('cpu'))
     groups = channels.channel_groups(G)
     weights = scorers.score_weights(G, groups)
     ref = [torch.zeros(g.size, dtype=torch.float64) for g in groups]
@@ -151,8 +150,31 @@ def test_cagan_score_equals_per_pixel_reference(G2):
             grads = torch.autograd.grad((target - img).abs().sum(), weights)
             for k, gr in enumerate(grads):
                 ref[k] += gr.abs().mean(dim=(0, 2, 3)).double()
+    return [r.float() for r in ref]
+
+
+def test_cagan_score_equals_per_pixel_reference(G2):
+    seed, n_samples, batch, p = 4, 4, 2, 0.2
+    ours = cagan.score(G2, n_samples=n_samples, batch=batch, noise_prob=p, seed=seed, device='cpu', progress=False)
+    for a, b in zip(ours, _cagan_reference(G2, seed, n_samples, batch, p)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@needs_sg3
+def test_sg3_dcp_and_cagan_match_the_same_references():
+    # The StyleGAN2 references above are family-agnostic (channel groups, consumer weights,
+    # mapping + synthesis helpers): StyleGAN3 scores must equal them too.
+    G3 = tiny_sg3()
+    kw = dict(seed=1, n_samples=2, batch=2, n_directions=2, alpha=10.0, pca_samples=32)
+    ours = dcp.score(G3, noise_mode='const', grad_through_perturbed=False, device='cpu', progress=False, **kw)
+    ref = _dcp_reference(G3, grad_through_perturbed=False, **kw)
+    assert [a.numel() for a in ours] == [g.size for g in channels.channel_groups(G3)]
     for a, b in zip(ours, ref):
-        assert torch.allclose(a, b.float(), rtol=1e-5, atol=1e-7)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-12 + 1e-5 * float(b.abs().max()))
+    ours = cagan.score(G3, n_samples=2, batch=2, noise_prob=0.2, seed=4, device='cpu', progress=False)
+    for a, b in zip(ours, _cagan_reference(G3, 4, 2, 2, 0.2)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert float(b.abs().sum()) > 0
 
 
 def test_cagan_face_mask_needs_a_parser(G2, tmp_path):
