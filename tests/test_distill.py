@@ -433,3 +433,22 @@ def test_stylegan3_recipe_layers_bank_and_bilinear_lpips(lpips_files):
     assert set(out) == {'l1', 'lpips', 'ld'} and all(torch.isfinite(v) for v in out.values())
     sum(out.values()).backward()
     assert student.synthesis.input.weight.grad is not None
+
+
+def test_stylegan3_l1_and_ld_values_equal_the_stylegan2_references():
+    # The same hand references as test_l1_and_ld_values_and_gradients: the teacher re-run by hand
+    # on the same z / mixing / offsets, the relation loss by the NumPy formula of test_distill_math.
+    from test_pruning import tiny_sg3
+    teacher = tiny_sg3()
+    student = channels.slice_generator(teacher, random_masks(teacher, 0.5, seed=4)).train().requires_grad_(True)
+    nets3 = dnnlib.EasyDict(teacher=teacher, student=student)
+    term = _term(nets3)
+    ctx = _run(nets3, [term], seed=2)
+    out = term(ctx)
+    t_img, t_feat = _reference_teacher(nets3, ctx)
+    s_img = ctx.synthesis_img[:B].detach()
+    ref_l1 = 3 * np.abs(t_img[:B].numpy().astype(np.float64) - s_img.numpy()).mean()
+    assert abs(out['l1'].item() - ref_l1) < 1e-5 * max(1, ref_l1)
+    assert term.ld_layers == [2, 4, 6, 9] and set(term.ld_layers) <= set(ctx.features)
+    ref_ld = 30 * sum(_np_relation_kl(ctx.features[k].detach().numpy(), t_feat[k].numpy()) for k in term.ld_layers)
+    assert ref_ld > 0 and abs(out['ld'].item() - ref_ld) < 1e-4 * max(1, ref_ld)
