@@ -89,6 +89,22 @@ def test_latent_offsets_are_scaled_unit_directions():
     assert abs(delta.norm(dim=1).pow(2).mean().item() / 25 - 1) < 0.5  # E[(5ε)²] = 25
 
 
+def test_latent_offset_draws_are_uniform_over_the_bank_with_standard_normal_strength():
+    # δ = 5·ε·d̂ with d uniform over ALL bank rows (SG3 banks have more rows than w_dim) and ε ~ N(0, 1).
+    from scipy import stats
+    gen = torch.Generator().manual_seed(1)
+    bank = torch.randn(20, 8, generator=gen, dtype=torch.float64)
+    n = 20000
+    delta = dm.latent_offsets(bank.float(), n, strength=5.0, generator=gen).double()
+    units = bank / bank.norm(dim=1, keepdim=True)
+    coef = delta @ units.T / 5.0                                   # [n, 20]
+    row = coef.abs().argmax(dim=1)                                # the drawn direction (|cos| = 1)
+    eps = coef[torch.arange(n), row].numpy()
+    counts = np.bincount(row.numpy(), minlength=20)
+    assert stats.chisquare(counts).pvalue > 1e-4 and counts.min() > 0
+    assert abs(eps.std() - 1) < 0.03 and abs(eps.mean()) < 0.03
+
+
 def test_downsample_for_lpips_avgpool():
     x = torch.randn(1, 3, 512, 512)
     y = dm.downsample_for_lpips(x, 256)
