@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_TESTS = {
     'training/loss.py': ['tests/test_training_loss.py'],
     'training/augment.py': ['tests/test_augment.py'],
-    'svs/scaling.py': ['tests/test_svs.py'],
+    'svs/scaling.py': ['tests/test_svs.py', 'tests/test_ddpm_svs.py'],
     'svs/spectra.py': ['tests/test_svs.py'],
     'pruning/channels.py': ['tests/test_pruning.py'],
     'pruning/dcp.py': ['tests/test_pruning_scorers.py'],
@@ -156,7 +157,12 @@ def run_tests(workdir, tests, timeout):
     return rc, last, time.time() - start
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM like Ctrl-C: the running tests are killed, the temporary copy removed
+
+
 def main():
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--module', action='append', help='module path (repeatable); default: every mapped module')
     parser.add_argument('--max', type=int, default=30, help='mutants per module (random sample, fixed seed); 0 = all')
