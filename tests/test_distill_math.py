@@ -112,3 +112,23 @@ def test_downsample_for_lpips_avgpool():
     assert torch.allclose(y[0, 0, 0, 0], x[0, 0, :2, :2].mean(), atol=1e-6)
     small = torch.randn(1, 3, 32, 32)
     assert dm.downsample_for_lpips(small) is small
+
+
+def _np_bilinear_1d_weights(n_in, n_out):
+    """[n_out, n_in] matrix of half-pixel-centre bilinear resampling (align_corners=False, no antialias)."""
+    m = np.zeros([n_out, n_in])
+    for j in range(n_out):
+        x = max((j + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(np.floor(x)), n_in - 1)
+        w = x - i0
+        m[j, i0] += 1 - w
+        m[j, min(i0 + 1, n_in - 1)] += w
+    return m
+
+
+def test_downsample_for_lpips_bilinear_is_half_pixel_centred():
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    y = dm.downsample_for_lpips(x, 9, mode='bilinear')
+    m = _np_bilinear_1d_weights(12, 9)
+    expected = np.einsum('ij,ncjk,lk->ncil', m, x.numpy(), m)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
