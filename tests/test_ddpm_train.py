@@ -1,4 +1,5 @@
-"""DDPM fine-tuning: the loss, and a bit-identical resume after SIGKILL (CPU, micro UNet)."""
+"""DDPM fine-tuning: the loss, and a bit-identical resume after SIGKILL (CPU, micro UNet), compared with an
+uninterrupted run in two processes (so N processes = 1 process is checked too)."""
 import json
 import os
 import signal
@@ -27,10 +28,17 @@ def progress(cur_kimg, total_kimg, _seen=[0]):
         os.kill(os.getpid(), signal.SIGKILL)
 run_dir = sys.argv[1]
 resume = tl.find_latest_snapshot(run_dir) if sys.argv[3] == 'resume' else None
-ddpm_loop.ddpm_training_loop(run_dir=run_dir, training_set_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path={data!r}),
+c = dict(run_dir=run_dir, training_set_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path={data!r}),
     arch='micro', batch_size=8, batch_gpu=4, total_kimg=0.048, kimg_per_tick=0.008, image_snapshot_ticks=None,
-    network_snapshot_ticks=1, random_seed=5, device='cpu', progress_fn=progress,
-    resume_pkl=resume, resume_state=tl.state_path_for(resume) if resume else None)
+    network_snapshot_ticks=1, random_seed=5, resume_pkl=resume, resume_state=tl.state_path_for(resume) if resume else None)
+if sys.argv[3] == 'two-processes':  # gloo, through train_ddpm.py's process launcher
+    import tempfile
+    sys.path.insert(0, {root!r} )
+    import train_ddpm
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.multiprocessing.spawn(train_ddpm._run_process, args=(dict(c, num_gpus=2, device_kind='cpu'), tmp), nprocs=2)
+else:
+    ddpm_loop.ddpm_training_loop(device='cpu', progress_fn=progress, **c)
 '''
 
 
@@ -50,7 +58,7 @@ def test_sigkill_resume_is_bit_identical(tmp_path):
     sample_data.make_sample_dataset(str(data), num_images=32, resolution=16)
     script = _CHILD.format(root=ROOT, data=str(data))
     full, killed = tmp_path / 'full', tmp_path / 'killed'
-    r = _run(script, full, 0, 'fresh')
+    r = _run(script, full, 0, 'two-processes')  # the reference: 2 processes, never interrupted
     assert r.returncode == 0, r.stderr[-2000:]
     r = _run(script, killed, 4, 'fresh')
     assert r.returncode == -signal.SIGKILL

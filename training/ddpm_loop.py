@@ -238,11 +238,12 @@ def ddpm_training_loop(
         if progress_fn is not None:
             progress_fn(cur_nimg // 1000, total_kimg)
 
+        stats_state = stats_collector.state_dict() if snapshot_pkl is not None else None  # a collective: every rank
         if snapshot_pkl is not None and is_main:
             scope = locals()
             train_state = dict(
                 version=tl.STATE_VERSION, family='ddpm', config={k: scope[k] for k in _CONFIG_KEYS},
-                optimizers=dict(unet=opt.state_dict()), stats=stats_collector.state_dict(),
+                optimizers=dict(unet=opt.state_dict()), stats=stats_state,
                 cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx,
                 tick_start_nimg=cur_nimg, prev_tick_nimg=cur_nimg, elapsed_sec=time.time() - start_time,
                 stats_lines=stats_lines, rng=tl._rng_state(device), snapshot_pkl=os.path.basename(snapshot_pkl))
