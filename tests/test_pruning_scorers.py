@@ -224,6 +224,24 @@ def test_gs_scores_are_the_mean_style_magnitudes_of_the_consumers(G2):
     assert torch.allclose(ours[2], expect.float(), rtol=1e-5)
 
 
+@needs_sg3
+def test_sg3_gs_scores_are_the_mean_style_magnitudes_of_the_consumers():
+    # As for StyleGAN2: group k (the input's / layer k-1's output channels) is read by layer k,
+    # whose affine sees ws[:, k + 1] (NVIDIA's SG3: the input takes ws[:, 0]).
+    n = 4
+    ours = scorers.score(tiny_sg3(), 'gs', n_samples=n, batch=2, seed=5, device='cpu', progress=False)
+    G = scorers.prepare_generator(tiny_sg3(), torch.device('cpu'))
+    ws_all = []
+    for bi, b in enumerate(scorers.fixed_batches(n, 2)):
+        gen = torch.Generator().manual_seed(scorers.substream_seed(5, bi))
+        ws_all.append(scorers.map_latents(G, *scorers.sample_latents(G, b, gen, 'cpu')))
+    syn = G.synthesis
+    assert len(ours) == len(channels.channel_groups(G)) == len(syn.layer_names)
+    for k, name in enumerate(syn.layer_names):
+        expect = sum(getattr(syn, name).affine(ws[:, k + 1]).abs().double().mean(0) for ws in ws_all)
+        assert torch.allclose(ours[k], expect.float(), rtol=1e-5), name
+
+
 def test_l1_scores_are_mean_abs_consumer_weights(G2):
     ours = scorers.score(G2, 'l1')
     w = G2.synthesis.b8.conv0.weight
