@@ -79,6 +79,21 @@ def test_kid_matches_direct_formula():
     same = frechet.kid_from_features(real, real, num_subsets=3, max_subset_size=30)
     assert abs(same) < abs(ours)
 
+def test_kid_defaults_and_bad_input():
+    rng = np.random.default_rng(5)
+    real = rng.standard_normal((1100, 4)).astype(np.float32)
+    gen = (rng.standard_normal((1050, 4)) + 0.3).astype(np.float32)
+    # NVIDIA's defaults: 100 subsets of at most 1000 samples, here with one subset.
+    assert frechet.kid_from_features(real, gen, num_subsets=1) == frechet.kid_from_features(
+        real, gen, num_subsets=1, max_subset_size=1000)
+    assert frechet.kid_from_features(real, gen, num_subsets=1) != frechet.kid_from_features(
+        real, gen, num_subsets=1, max_subset_size=1001)
+    for bad_real, bad_gen in ((real[:, :3], gen), (real[:, 0], gen), (real, gen[None])):
+        with pytest.raises(dnnlib.util.UserError, match='features'):
+            frechet.kid_from_features(bad_real, bad_gen, num_subsets=1)
+    with pytest.raises(dnnlib.util.UserError, match='NaN'):
+        frechet.kid_from_features(real * np.nan, gen, num_subsets=1)
+
 # ---------------------------------------------------------------------------------------------
 # P/R/D/C
 
