@@ -564,9 +564,25 @@ def _parse_metrics(_ctx, _param, value):
 @click.option('--lpips-lin', metavar='PATH|URL', help='LPIPS v0.1 linear heads for the LPIPS distillation term')
 @click.option('--metrics', callback=_parse_metrics, metavar='A,B|none', help=f'Metrics of the evaluation [default: {",".join(DEFAULT_METRICS)}; built-in demo: {",".join(DEMO_METRICS)}, never downloading the detector]')
 @click.option('--eval-samples', type=click.IntRange(min=1), default=DEFAULT_EVAL_SAMPLES, show_default=True, help='Latents for the PSNR/SSIM agreement')
+@click.option('--family', type=click.Choice(['stylegan', 'ddpm']), default='stylegan', show_default=True,
+              help='Model family; ddpm: Diff-Prune + SVS + DDPM fine-tuning on the built-in tiny UNet (pipeline_ddpm.py)')
+@click.pass_context
 @dnnlib.util.exit_on_user_error
-def main(**kwargs):
+def main(ctx, family, **kwargs):
     resume_command = ' '.join(['python', 'pipeline.py'] + [shlex.quote(a) for a in sys.argv[1:]])
+    if family == 'ddpm':
+        import pipeline_ddpm
+        given = {k for k in kwargs if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+        unused = sorted(given & {'method', 'config', 'n_samples', 'lpips_vgg', 'lpips_lin'})
+        if unused:
+            raise dnnlib.util.UserError(f'--family ddpm does not use --{unused[0].replace("_", "-")}')
+        pick = lambda k: kwargs[k] if k in given else None
+        pipeline_ddpm.run_ddpm_pipeline(outdir=kwargs['outdir'] if 'outdir' in given else 'runs/pipeline-ddpm',
+                                        teacher=kwargs['teacher'], data=kwargs['data'], ratio=pick('ratio'), svs=kwargs['svs'],
+                                        kimg=kwargs['kimg'], batch=pick('batch'), device=kwargs['device'], seed=kwargs['seed'],
+                                        detector_dir=kwargs['detector_dir'], metrics=kwargs['metrics'],
+                                        eval_samples=pick('eval_samples'), resume_command=resume_command)
+        return
     run_pipeline(resume_command=resume_command, **kwargs)
 
 
