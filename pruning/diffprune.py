@@ -152,11 +152,11 @@ def prune_unet(unet, ratio, importance='taylor', rounding='legacy', images=None,
         raise UserError(f'diffprune: torch-pruning cannot trace {type(unet).__name__} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""})')
     names = {m: n for n, m in unet.named_modules()}
     layers = []
-    groups = list(graph.get_all_groups(ignored_layers=[unet.conv_out], root_module_types=[torch.nn.Conv2d, torch.nn.Linear]))
-    if not groups:
-        restore()
-        raise UserError(f'diffprune: torch-pruning found no prunable layer in {type(unet).__name__}')
-    for group in groups:
+    # Groups are fetched one at a time, after the previous one was pruned (as torch-pruning's own
+    # pruners do): a group's channel indices refer to the layers as they are at that moment.
+    num_groups = 0
+    for group in graph.get_all_groups(ignored_layers=[unet.conv_out], root_module_types=[torch.nn.Conv2d, torch.nn.Linear]):
+        num_groups += 1
         root = group[0].dep.target.module
         handler = group[0].dep.handler
         channels = graph.get_out_channels(root) if graph.is_out_channel_pruning_fn(handler) else graph.get_in_channels(root)
@@ -184,6 +184,8 @@ def prune_unet(unet, ratio, importance='taylor', rounding='legacy', images=None,
         layers.append(dnnlib.EasyDict(name=names.get(root, str(root)), channels=channels, removed=len(idxs),
                                       norm_groups=norm_groups))
     restore()
+    if num_groups == 0:
+        raise UserError(f'diffprune: torch-pruning found no prunable layer in {type(unet).__name__}')
     from training.ddpm_checkpoints import sync_block_attributes
     sync_block_attributes(unet)
     unet.zero_grad(set_to_none=True)

@@ -90,3 +90,17 @@ def test_ratio_that_removes_a_whole_group_is_refused():
         diffprune.prune_unet(dc.build_unet('micro'), 0.3, importance='taylor', verbose=False)
     with pytest.raises(UserError, match='--ratio'):
         diffprune.prune_unet(dc.build_unet('micro'), 1.5, importance='random', verbose=False)
+
+
+def test_channel_counts_do_not_depend_on_the_importance():
+    # A three-level UNet (skip concatenations of pruned layers): taylor, magnitude and random agree.
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    counts = []
+    for importance in diffprune.IMPORTANCES:
+        torch.manual_seed(0)
+        unet = dc.build_unet('tiny')
+        diffprune.prune_unet(unet, 0.3, importance=importance, images=images, diffusion=diff.make_schedule(num_timesteps=10),
+                             verbose=False)
+        counts.append(diffprune.count_ddim_macs(unet))
+    assert counts[0] == counts[1] == counts[2] and counts[0][1] < 1113955
