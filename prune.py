@@ -306,7 +306,8 @@ def svs_command(**kw):
 @click.option('--overwrite', is_flag=True, help='Replace existing outputs in --outdir')
 @dnnlib.util.exit_on_user_error
 def ddpm_command(network, outdir, ratio, importance, rounding, data, batch, thr, svs_fn, svs_reset_norm, seed, overwrite):
-    svs.parse_fn(svs_fn) if svs_fn != 'none' else None
+    if svs_fn != 'none':
+        svs.parse_fn(svs_fn)  # an unknown function fails before any work
     result = diffprune.prune_ddpm(network, outdir, ratio=ratio, importance=importance, rounding=rounding, data=data,
                                   batch=batch, thr=thr, svs_fn=svs_fn, svs_reset_norm=svs_reset_norm, seed=seed,
                                   overwrite=overwrite)

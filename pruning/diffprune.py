@@ -53,7 +53,8 @@ def count_ddim_macs(unet):
                     hooks.append(lin.register_forward_hook(lambda mod, inp, out: extra.append(out.numel())))
     try:
         was_training = unet.training
-        macs, params = tp.utils.count_ops_and_params(unet.eval(), example_inputs(unet))
+        inputs = example_inputs(unet)  # positional: torch-pruning warns about keyword-only inputs
+        macs, params = tp.utils.count_ops_and_params(unet.eval(), (inputs['sample'], inputs['timestep']))
         unet.train(was_training)
     finally:
         for h in hooks:
