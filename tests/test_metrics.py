@@ -177,6 +177,15 @@ def test_squared_distance_thresholds_are_exact():
             assert torch.equal(d2 < t, expected)
 
 
+def test_prdc_progress_only_when_verbose(capsys):
+    real, fake = _features('gauss', 60, 50, 8, seed=1)
+    quiet = knn.compute_prdc(real, fake, tile=16)
+    assert capsys.readouterr().err == ''
+    loud = knn.compute_prdc(real, fake, tile=16, verbose=True)
+    err = capsys.readouterr().err
+    assert 'knn: real x fake tile 16/16' in err and quiet == loud  # the last tile always reports
+
+
 def test_prdc_bad_input():
     real, fake = _features('gauss', 50, 50, 8, seed=0)
     fake[3, 2] = np.nan
