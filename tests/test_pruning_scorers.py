@@ -101,6 +101,15 @@ def test_dcp_matches_plain_reference(G2, grad_through_perturbed):
         assert not _equal(ours, other)
 
 
+def test_dcp_defaults_are_the_official_run():
+    # dcp/stylegan2-prune-*.sh: --n-sample 5000 --batch 5 --edit-strength 10 --n-direction 10; PCA on 10,000 w
+    # (shared/design: method-svs-distillation.md and pruning.md).
+    import inspect
+    defaults = {k: p.default for k, p in inspect.signature(dcp.score).parameters.items()}
+    assert {k: defaults[k] for k in ('n_samples', 'batch', 'n_directions', 'alpha', 'pca_samples')} == dict(
+        n_samples=5000, batch=5, n_directions=10, alpha=10.0, pca_samples=10000)
+
+
 def test_dcp_rejects_bad_options(G2):
     with pytest.raises(dnnlib.util.UserError, match='--noise-mode'):
         dcp.score(G2, noise_mode='loud', device='cpu')
