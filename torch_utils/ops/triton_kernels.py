@@ -6,14 +6,15 @@ Imported only through ``fused.load_kernels()``. Two kernels:
   computed directly per output pixel (polyphase: only the taps that meet a real input sample are
   visited, so the zero-inserted image never exists). Optional prologue: add a per-channel bias
   to the input samples. Optional epilogue: leaky ReLU * gain, clamp, and write a 2-bit-per-pixel
-  code (negative / positive / clamped), four to a byte, into a sign map; or read such a map and scale by the
-  leaky ReLU's derivative (the backward of the activation without its input).
+  code (0 negative, 1 positive, 2 clamped), four to a byte, into a sign map; or read such a map and
+  scale by the leaky ReLU's derivative (the backward of the activation without its input).
 - ``_bias_act``: elementwise bias + activation * gain + clamp, its first derivative times an
   incoming gradient, and its second derivative times two incoming tensors.
 
 Accumulation is float32 (float64 for float64 tensors); results are stored in the tensor's dtype.
-Only long-standing Triton APIs are used (``tl.load``/``tl.store``/``tl.where``/``tl.static_range``),
-so the same source runs on Triton 3.x for a GPU and under ``TRITON_INTERPRET=1`` on CPU tensors.
+Only long-standing Triton APIs are used (``tl.load``/``tl.store``/``tl.where``/``tl.static_range``/
+``tl.reshape``/``tl.sum``), so the same source runs on Triton 3.x for a GPU and under
+``TRITON_INTERPRET=1`` on CPU tensors.
 """
 import os
 
@@ -22,9 +23,6 @@ import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-# Codes of the sign map written by the activation epilogue.
-SIGN_NEG, SIGN_POS, SIGN_CLAMPED = 0, 1, 2
 
 # Activation ids of ``_bias_act`` (the keys of bias_act.activation_funcs).
 ACT_IDS = {'linear': 0, 'relu': 1, 'lrelu': 2, 'tanh': 3, 'sigmoid': 4, 'elu': 5, 'selu': 6, 'softplus': 7, 'swish': 8}
