@@ -186,6 +186,19 @@ def test_prdc_progress_only_when_verbose(capsys):
     assert 'knn: real x fake tile 16/16' in err and quiet == loud  # the last tile always reports
 
 
+def test_tf32_guard_restores_settings_and_never_swallows_errors():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('high')
+    try:
+        with pytest.raises(ZeroDivisionError):
+            with knn._TF32Off():
+                assert torch.get_float32_matmul_precision() == 'highest'
+                1 / 0
+        assert torch.get_float32_matmul_precision() == 'high'
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_prdc_bad_input():
     real, fake = _features('gauss', 50, 50, 8, seed=0)
     fake[3, 2] = np.nan
