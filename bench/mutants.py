@@ -38,8 +38,8 @@ MODULE_TESTS = {
     'pruning/channels.py': ['tests/test_pruning.py'],
     'pruning/dcp.py': ['tests/test_pruning_scorers.py'],
     'training/distill_math.py': ['tests/test_distill_math.py', 'tests/test_distill.py'],
-    'training/distill.py': ['tests/test_distill.py'],
-    'training/student_init.py': ['tests/test_distill.py'],
+    'training/distill.py': ['tests/test_distill.py', 'tests/test_fidelity.py'],
+    'training/student_init.py': ['tests/test_distill.py', 'tests/test_fidelity.py'],
     'metrics/frechet.py': ['tests/test_metrics.py'],
     'metrics/knn.py': ['tests/test_metrics.py'],
 }
