@@ -15,7 +15,8 @@ def test_ddpm_pipeline_small(tmp_path, capsys):
     sys.path.insert(0, ROOT)
     import pipeline_ddpm
     torch.manual_seed(0)
-    teacher = dc.save_diffusers(dc.build_unet('micro'), tmp_path / 'teacher')
+    teacher = dc.save_diffusers(dc.build_unet('micro'), tmp_path / 'teacher',  # a short schedule keeps the Taylor pass short
+                                diffusion=dict(num_timesteps=50, beta_start=1e-4, beta_end=0.2))
     kw = dict(outdir=str(tmp_path / 'run'), teacher=teacher, ratio=0.5, kimg=0.008, batch=4, prune_batch=4, thr=0.9, metrics=[],
               eval_samples=3, eval_steps=2, device='cpu', sample_dataset=dict(num_images=8, resolution=16, seed=0))
     pipeline_ddpm.run_ddpm_pipeline(**kw)
