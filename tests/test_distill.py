@@ -379,6 +379,20 @@ def test_spectral_norm_and_periodic_svs_hooks(student_file):
     periodic(cur_nimg=1004, batch_size=4, total_kimg=10)
     assert periodic.applied == 1
 
+def test_periodic_svs_reports_on_rank_0_only_and_mismatched_students_name_the_tensor(student_file, capsys):
+    G, _D = _fresh(student_file)
+    periodic = student_init.PeriodicSVSHook('cpu', dnnlib.EasyDict(G=G), every_kimg=1, verbose=True)
+    periodic(cur_nimg=1000, batch_size=4, total_kimg=10, rank=1)
+    assert capsys.readouterr().out == ''
+    periodic(cur_nimg=2000, batch_size=4, total_kimg=10, rank=0)
+    assert 'SVS (sqrt) re-applied to G at kimg 2' in capsys.readouterr().out and periodic.applied == 2
+    # A run-built G whose mapping differs from the student file's: one line naming tensor and shapes.
+    wrong = copy.deepcopy(G)
+    wrong.mapping.fc0.weight = torch.nn.Parameter(torch.zeros([7, wrong.mapping.fc0.weight.shape[1]]))
+    with pytest.raises(dnnlib.util.UserError, match=r'mapping\.fc0\.weight is \(16, 16\), the run builds \(7, 16\)'):
+        student_init.init_student(wrong, None, teacher=student_file.path, student=student_file.path, init='pruned')
+
+
 # ---------------------------------------------------------------------------------------------
 # LD directions on every rank of a 2-process gloo run come from the loaded teacher.
 
