@@ -27,8 +27,8 @@ from training import ddpm_checkpoints
 DEFAULT_TEACHER = os.path.join(pipeline.ROOT, 'assets', 'ddpm-tiny-sample32.pkl')
 # The built-in default's small settings (Table 3 itself: configs/table3-*.yaml): a Taylor batch of 8 and thr 0.1
 # (the tiny teacher's loss falls below 10 % of its maximum near t = 100), 1 kimg per fine-tuning, DDIM 10 steps.
-DEFAULTS = dict(ratio=0.3, kimg=1.0, batch=16, prune_batch=8, thr=0.1, eval_steps=10, eval_samples=32, lr=2e-4,
-                ema_beta=0.99, dropout=0.0)
+DEFAULTS = dict(ratio=0.3, kimg=1.0, batch=16, prune_batch=8, thr=0.1, eval_steps=10, eval_samples=32, lr=1e-3,
+                ema_beta=0.9, dropout=0.0)  # demo: a short, fast recovery
 
 
 class OneStep(torch.nn.Module):
