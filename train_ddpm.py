@@ -25,7 +25,7 @@ import click
 import torch
 
 import dnnlib
-from training import ddpm_checkpoints, training_loop
+from training import ddpm_checkpoints, run_folder, training_loop
 
 # Table 3 fine-tuning recipe (Diff-Pruning): see training/ddpm_loop.py.
 RECIPE = dict(lr=2e-4, batch=128, ema_beta=0.9999, dropout=0.1, grad_clip=1.0)
@@ -115,8 +115,7 @@ def main(**kw):
         snapshot = training_loop.find_latest_snapshot(run_dir)
         if snapshot is None:
             raise dnnlib.util.UserError(f'--outdir {run_dir}: no snapshot with a training state to resume')
-        with open(os.path.join(run_dir, 'training_options.json')) as f:
-            c = dnnlib.EasyDict(json.load(f))
+        c = run_folder.read_training_options(run_dir)  # class names checked against the allow-list
         c.resume_pkl, c.resume_state = snapshot, training_loop.state_path_for(snapshot)
         if kw['kimg'] is not None:
             c.total_kimg = kw['kimg']

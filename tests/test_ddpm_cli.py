@@ -59,6 +59,17 @@ def test_prune_finetune_resume_generate(teacher):
     assert (run_dir / 'network-snapshot-000000.024.pkl').is_file()
     assert len(open(run_dir / 'stats.jsonl').readlines()) == 4  # ticks at 4, 8, 16 and 24 images
 
+    # A run folder whose training_options.json names code: refused before anything is constructed.
+    import shutil
+    crafted, marker = root / 'crafted', root / 'ran'
+    shutil.copytree(run_dir, crafted)
+    (crafted / '.train.lock').unlink(missing_ok=True)
+    options = json.load(open(crafted / 'training_options.json'))
+    options['training_set_kwargs'] = dict(class_name='os.system', command=f'touch {marker}')
+    json.dump(options, open(crafted / 'training_options.json', 'w'))
+    r = _cli('train_ddpm.py', '--outdir', str(crafted), '--resume', 'latest', '--kimg', '0.032')
+    assert r.returncode == 1 and 'training_options.json' in r.stderr and not marker.exists()
+
     grid = root / 'grid.png'
     r = _cli('generate.py', '--network', folder, '--network', str(run_dir / 'network-snapshot-000000.024.pkl'),
              '--seeds', '0-2', '--grid', str(grid), '--ddim-steps', '3')
