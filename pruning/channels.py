@@ -24,8 +24,8 @@ sqrt(C/C'). ``compensate_torgb=True`` multiplies the kept toRGB weights by sqrt(
 the 1x1 skip convs of resnet synthesis blocks, whose gain is also 1/sqrt(C_in)), so that the
 student computes exactly what the dense teacher computes with the removed channels zeroed (the
 masked-dense oracle). The official SVS/DCP code does not compensate (with it, our toRGB weights
-after SVS would be about 0.75x the official ones), so prune.py slices only by
-default and ``prune.py --torgb-compensation`` opts in; this function keeps the oracle-exact default.
+after SVS would be about 0.75x the official ones), so slicing alone is the default here and in
+prune.py, and ``compensate_torgb=True`` / ``prune.py --torgb-compensation`` opts in.
 Demodulated 3x3 convs need nothing: demodulation renormalises over the kept inputs.
 """
 import math
@@ -266,7 +266,7 @@ def _check_masks(masks, groups):
 
 
 @torch.no_grad()
-def slice_generator(G, masks, compensate_torgb=True):
+def slice_generator(G, masks, compensate_torgb=False):
     """The student: G's class with widths = kept counts, every tensor sliced (see module doc)."""
     groups = channel_groups(G)
     masks = _check_masks(masks, groups)

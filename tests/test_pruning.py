@@ -172,7 +172,7 @@ def test_global_ranking_compares_normalised_scores_and_refuses_empty_groups():
 def test_sg2_student_equals_masked_dense_teacher(architecture):
     G = tiny_sg2(architecture)
     masks = random_masks(G, 0.45, seed=3)
-    student = channels.slice_generator(G, masks)
+    student = channels.slice_generator(G, masks, compensate_torgb=True)
     assert list(student.synthesis.layer_channels) == channels.widths_from_masks(masks)
     assert type(student) is type(G)
     oracle = channels.masked_dense(G, masks)
@@ -223,7 +223,7 @@ def test_pruning_a_student_again():
     G = tiny_sg2()
     student = channels.slice_generator(G, random_masks(G, 0.7, seed=1))
     masks = random_masks(student, 0.6, seed=2)
-    again = channels.slice_generator(student, masks)
+    again = channels.slice_generator(student, masks, compensate_torgb=True)
     assert torch.allclose(render(again), render(channels.masked_dense(student, masks)), atol=1e-5)
 
 
@@ -232,7 +232,7 @@ def test_pruning_a_student_again():
 def test_sg3_student_equals_masked_dense_teacher(kind):
     G = tiny_sg3(kind)
     masks = random_masks(G, 0.5, seed=4)
-    student = channels.slice_generator(G, masks)
+    student = channels.slice_generator(G, masks, compensate_torgb=True)
     assert list(student.synthesis.layer_channels) == channels.widths_from_masks(masks)
     assert list(student.synthesis.layer_names) == list(G.synthesis.layer_names)  # dense names kept
     img_s, img_o = render(student), render(channels.masked_dense(G, masks))
