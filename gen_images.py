@@ -19,6 +19,7 @@ import click
 import torch
 
 import dnnlib
+import dnnlib.cli
 from training.checkpoints import load_network
 from training.image_synthesis import (generate_images, labels_for, latents_for_seeds, load_projected_w, parse_range,
                                       parse_vec2, save_image, synthesize_ws)
@@ -27,13 +28,13 @@ from training.image_synthesis import (generate_images, labels_for, latents_for_s
 @click.command()
 @click.option('--network', 'network_pkl', required=True, help='Network pickle filename or URL')
 @click.option('--seeds', default=None, help="List of random seeds (e.g., '0,1,4-6')")
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=dnnlib.cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
 @click.option('--class', 'class_idx', type=int, default=None, help='Class label (unconditional if not specified)')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
               help='Noise mode')
 @click.option('--translate', default='0,0', show_default=True, metavar='VEC2',
               help="Translate XY-coordinate (e.g. '0.3,1'); StyleGAN3 only")
-@click.option('--rotate', type=float, default=0, show_default=True, metavar='ANGLE', help='Rotation angle in degrees; StyleGAN3 only')
+@click.option('--rotate', type=dnnlib.cli.FiniteFloat(), default=0, show_default=True, metavar='ANGLE', help='Rotation angle in degrees; StyleGAN3 only')
 @click.option('--projected-w', default=None, metavar='FILE', help='projected_w.npz of projector.py (instead of --seeds)')
 @click.option('--outdir', required=True, metavar='DIR', help='Where to save the output images')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)

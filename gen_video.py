@@ -12,6 +12,7 @@ import click
 import torch
 
 import dnnlib
+import dnnlib.cli
 from training.checkpoints import load_network
 from training.image_synthesis import (interpolation_frames, open_video_writer, parse_grid, parse_range, video_available,
                                       write_video)
@@ -26,7 +27,7 @@ from training.image_synthesis import (interpolation_frames, open_video_writer, p
               help='Number of seeds to interpolate through [default: from the number of seeds]')
 @click.option('--w-frames', type=click.IntRange(min=1), default=120, show_default=True,
               help='Number of frames to interpolate between latents')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=dnnlib.cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
 @click.option('--output', required=True, metavar='FILE', help='Output .mp4 filename')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @dnnlib.util.exit_on_user_error

@@ -13,6 +13,7 @@ import click
 import torch
 
 import dnnlib
+import dnnlib.cli
 from training.checkpoints import load_network
 from training.image_synthesis import parse_range, save_image, style_mixing_grid, style_mixing_images
 
@@ -22,7 +23,7 @@ from training.image_synthesis import parse_range, save_image, style_mixing_grid,
 @click.option('--rows', 'row_seeds', required=True, help='Random seeds to use for image rows')
 @click.option('--cols', 'col_seeds', required=True, help='Random seeds to use for image columns')
 @click.option('--styles', 'col_styles', default='0-6', show_default=True, help='Style layer range')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=dnnlib.cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
               help='Noise mode')
 @click.option('--class', 'class_idx', type=int, default=None, help='Class label (conditional networks; not in NVIDIA\'s tool)')
