@@ -427,17 +427,7 @@ class Pipeline:
         result['agreement_settings'] = dict(seeds=f'0-{o.eval_samples - 1}', noise_mode='const', truncation_psi=1,
                                             data_range=255, ssim_window=agreement.SSIM_WINDOW, ssim_sigma=agreement.SSIM_SIGMA)
 
-        metrics = list(o.metrics)
-        result['metrics'] = dict(requested=metrics, skipped=None, results={})
-        if metrics:
-            reason = detectors_unavailable(metrics, o.detector_dir, allow_download=not o.builtin_teacher)
-            if reason is not None:
-                result['metrics']['skipped'] = reason
-                print(f'metrics skipped: {reason}', flush=True)
-            else:
-                result['metrics']['results'] = self._metrics(nets, metrics, device)
-        else:
-            result['metrics']['skipped'] = 'no metrics were requested (--metrics none)'
+        result['metrics'] = self._metrics_or_reason(nets, device)
 
         grid_keys = ('teacher', 'pruned', 'finetuned', 'finetuned_svs')
         rows = [agreement.generate_for_seeds(nets[k], list(GRID_SEEDS), noise_mode='const', device=device) for k in grid_keys]
@@ -446,6 +436,21 @@ class Pipeline:
         result['grid'] = dict(png=self.rel(grid_png), rows=list(grid_keys), seeds=list(GRID_SEEDS), noise_mode='const')
         write_json(os.path.join(stage, 'evaluate.json'), result)
         return dict(evaluate_json=self.rel(os.path.join(stage, 'evaluate.json')), grid_png=self.rel(grid_png))
+
+    def _metrics_or_reason(self, nets, device):
+        """The requested metrics of every network, or the reason they were skipped (no detector offline)."""
+        o, metrics = self.opts, list(self.opts.metrics)
+        out = dict(requested=metrics, skipped=None, results={})
+        if not metrics:
+            out['skipped'] = 'no metrics were requested (--metrics none)'
+            return out
+        reason = detectors_unavailable(metrics, o.detector_dir, allow_download=not o.builtin_teacher)
+        if reason is not None:
+            out['skipped'] = reason
+            print(f'metrics skipped: {reason}', flush=True)
+        else:
+            out['results'] = self._metrics(nets, metrics, device)
+        return out
 
     def _metrics(self, nets, metrics, device):
         from metrics import metric_main

@@ -151,17 +151,7 @@ class DDPMPipeline(pipeline.Pipeline):
         result['agreement_settings'] = dict(seeds=f'0-{o.eval_samples - 1}', noise_mode=f'identical x_T, DDIM {o.eval_steps} steps',
                                             truncation_psi=1, data_range=255, ssim_window=agreement.SSIM_WINDOW,
                                             ssim_sigma=agreement.SSIM_SIGMA)
-        metrics = list(o.metrics)
-        result['metrics'] = dict(requested=metrics, skipped=None, results={})
-        if metrics:
-            reason = pipeline.detectors_unavailable(metrics, o.detector_dir, allow_download=not o.builtin_teacher)
-            if reason is not None:
-                result['metrics']['skipped'] = reason
-                print(f'metrics skipped: {reason}', flush=True)
-            else:
-                result['metrics']['results'] = self._metrics(nets, metrics, device)
-        else:
-            result['metrics']['skipped'] = 'no metrics were requested (--metrics none)'
+        result['metrics'] = self._metrics_or_reason(nets, device)
         grid_keys = ('teacher', 'pruned', 'finetuned', 'finetuned_svs')
         rows = [agreement.generate_for_seeds(nets[k], list(pipeline.GRID_SEEDS), device=device) for k in grid_keys]
         grid_png = os.path.join(stage, 'samples.png')

@@ -226,15 +226,7 @@ def ddpm_training_loop(
 
         stats_collector.update()
         stats_dict = stats_collector.as_dict()
-        timestamp = time.time()
-        if stats_jsonl is not None:
-            stats_jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
-            stats_jsonl.flush()
-            stats_lines += 1
-        if stats_tfevents is not None:
-            for name, value in stats_dict.items():
-                stats_tfevents.add_scalar(name, value.mean, global_step=int(cur_nimg / 1e3), walltime=timestamp - start_time)
-            stats_tfevents.flush()
+        stats_lines += tl.write_tick_stats(stats_jsonl, stats_tfevents, stats_dict, cur_nimg, start_time)
         if progress_fn is not None:
             progress_fn(cur_nimg // 1000, total_kimg)
 

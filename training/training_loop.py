@@ -395,6 +395,24 @@ def open_stats_outputs(run_dir, resume_state, stats_lines, cur_nimg, log):
         log(f'Skipping tfevents export: {err}')
     return stats_jsonl, stats_tfevents, len(prefix)
 
+
+def write_tick_stats(stats_jsonl, stats_tfevents, stats_dict, cur_nimg, start_time, scalars=None):
+    """One tick's statistics: a line of stats.jsonl and the TensorBoard scalars (plus ``scalars``,
+    e.g. metric results, under ``Metrics/``). Returns the number of stats.jsonl lines written (0 or 1)."""
+    timestamp = time.time()
+    if stats_tfevents is not None:
+        global_step, walltime = int(cur_nimg / 1e3), timestamp - start_time
+        for name, value in stats_dict.items():
+            stats_tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
+        for name, value in (scalars or {}).items():
+            stats_tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
+        stats_tfevents.flush()
+    if stats_jsonl is None:
+        return 0
+    stats_jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
+    stats_jsonl.flush()
+    return 1
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -825,19 +843,7 @@ def training_loop(
         # Statistics of the tick.
         stats_collector.update()
         stats_dict = stats_collector.as_dict()
-        timestamp = time.time()
-        if stats_jsonl is not None:
-            stats_jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
-            stats_jsonl.flush()
-            stats_lines += 1
-        if stats_tfevents is not None:
-            global_step = int(cur_nimg / 1e3)
-            walltime = timestamp - start_time
-            for name, value in stats_dict.items():
-                stats_tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
-            for name, value in stats_metrics.items():
-                stats_tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
-            stats_tfevents.flush()
+        stats_lines += write_tick_stats(stats_jsonl, stats_tfevents, stats_dict, cur_nimg, start_time, stats_metrics)
         if progress_fn is not None:
             progress_fn(cur_nimg // 1000, total_kimg)
 
