@@ -103,9 +103,3 @@ def downsample_for_lpips(img, size=256, mode='avgpool'):
 def style_l1(styles):
     """GAN-Slimming sparsity penalty: Σ_layers ‖mean_batch(s_layer)‖₁."""
     return sum(s.mean(dim=0).abs().sum() for s in styles)
-
-
-def perceptual_feature_l2(feats_student, feats_teacher):
-    """Mean squared difference of feature maps, summed over layers (GAN-Slimming's VGG distillation)."""
-    return sum(F.mse_loss(fs.to(torch.float32), ft.to(torch.float32)) for fs, ft in zip(feats_student, feats_teacher))
-
