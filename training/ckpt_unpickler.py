@@ -43,8 +43,8 @@ class TFNetworkStub:
 
 
 def _load_storage_from_bytes(b):
-    # torch.storage._load_from_bytes runs torch.load(weights_only=False) on the bytes; a storage
-    # never needs more than the weights-only unpickler.
+    # torch.storage._load_from_bytes runs an unrestricted torch.load on the bytes; a storage never
+    # needs more than the weights-only unpickler.
     return torch.load(io.BytesIO(b), weights_only=True, map_location='cpu')
 
 
