@@ -14,7 +14,7 @@ reference: leaky ReLU and clamp are piecewise linear).
 import torch
 
 from . import fused
-from .upfirdn2d import fused_passes, transpose_passes
+from .upfirdn2d import fused_passes, run_passes, transpose_passes
 
 
 def filtered_lrelu_fused(x, b, fu, fd, up, down, padding, gain, slope, clamp, flip_filter):
@@ -44,18 +44,11 @@ def _run(x, passes, act, bias=None, signs=None):
     return x, new_signs
 
 
-def _plain(x, passes):
-    kernels = fused.load_kernels()
-    for corr, up, down, pad0, _in_size, out_size in passes:
-        x = kernels.upfirdn_pass(x, corr, up, down, pad0, out_size)
-    return x
-
-
 class _FilteredLReluFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, up_passes, down_passes, act):
         mid, signs = _run(x, up_passes, act, bias=b)
-        y = _plain(mid, down_passes)
+        y = run_passes(mid, down_passes)
         del mid
         ctx.save_for_backward(signs)
         ctx.config = (up_passes, down_passes, act)
@@ -77,7 +70,7 @@ class _SignedChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, signs, first, second, act):
         mid, _ = _run(g, first, act, signs=signs)
-        out = _plain(mid, second)
+        out = run_passes(mid, second)
         ctx.save_for_backward(signs)
         ctx.config = (first, second, act)
         return out
