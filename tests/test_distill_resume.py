@@ -1,9 +1,7 @@
 """A distillation run killed with SIGKILL and resumed with ``--resume latest`` equals an
 uninterrupted one bit for bit: student, D and G_ema, the loss statistics, with the LD offsets'
 RNG, the periodic-SVS schedule and the spectral-norm hook's power-iteration vectors in play."""
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from training.sample_data import make_sample_dataset
 
 from test_lpips import make_lin_state, make_vgg_state
 from test_pruning import random_masks, tiny_sg2
-from test_training_run import _env, _max_diff, _networks, _stats_values, _train_cmd
+from test_training_run import _env, _kill_at_first_state, _max_diff, _networks, _stats_values, _train_cmd
 
 TOTAL_KIMG = '0.024'  # 6 steps of 4 images; ticks at 4, 12, 20, 24 images; SVS re-applied at 4 and 8 (< half)
 
@@ -57,19 +55,7 @@ def test_distillation_sigkill_then_resume_is_exact(files, tmp_path):
     assert (ref_dir / final).exists()
 
     out = tmp_path / 'killed'
-    proc = subprocess.Popen(_train_cmd(*_args(files, out)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 1200  # generous: the machine is shared; the run ends by itself anyway
-    state_seen = None
-    while time.time() < deadline and proc.poll() is None:
-        states = list(out.glob('*/training-state-*.pt'))
-        if states:
-            state_seen = states[0]
-            break
-        time.sleep(0.02)
-    assert state_seen is not None, 'no training state appeared'
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_dir = state_seen.parent
+    run_dir = _kill_at_first_state(_train_cmd(*_args(files, out)), out)
     assert not (run_dir / final).exists(), 'killed too late to test anything'
 
     resume = subprocess.run(_train_cmd('--outdir', str(run_dir), '--resume', 'latest'), env=_env(),

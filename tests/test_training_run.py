@@ -138,13 +138,13 @@ def test_two_gloo_processes_match_one(reference_run, data_zip, tmp_path):
     assert _max_diff(two, _networks(reference_run / 'network-snapshot-000000.pkl')) > 1e-5  # it did train
 
 
-def test_sigkill_then_resume_is_exact(reference_run, data_zip, tmp_path):
-    cmd = _train_cmd('--outdir', str(tmp_path), '--data', data_zip, '--kimg', TOTAL_KIMG, *TINY)
+def _kill_at_first_state(cmd, outdir):
+    """Start ``cmd``, SIGKILL it as soon as a training state appears under ``outdir``; the run folder."""
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 1200  # generous: 8 helpers share 2 cores; the run ends by itself anyway
+    deadline = time.time() + 1200  # generous: the machine may be shared; the run ends by itself anyway
     state_seen = None
     while time.time() < deadline and proc.poll() is None:
-        states = list(tmp_path.glob('*/training-state-*.pt'))
+        states = list(outdir.glob('*/training-state-*.pt'))
         if states:
             state_seen = states[0]
             break
@@ -153,7 +153,12 @@ def test_sigkill_then_resume_is_exact(reference_run, data_zip, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    run_dir = state_seen.parent
+    return state_seen.parent
+
+
+def test_sigkill_then_resume_is_exact(reference_run, data_zip, tmp_path):
+    cmd = _train_cmd('--outdir', str(tmp_path), '--data', data_zip, '--kimg', TOTAL_KIMG, *TINY)
+    run_dir = _kill_at_first_state(cmd, tmp_path)
     assert not (run_dir / 'network-snapshot-000000.032.pkl').exists(), 'killed too late to test anything'
 
     resume = subprocess.run(_train_cmd('--outdir', str(run_dir), '--resume', 'latest'), env=_env(),
