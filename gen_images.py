@@ -41,8 +41,7 @@ from training.image_synthesis import (generate_images, labels_for, latents_for_s
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, translate, rotate, projected_w, outdir, device):
     """Generate images using pretrained network pickle."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = dnnlib.cli.resolve_device(device)
     translate = parse_vec2(translate)
     if not torch.isfinite(torch.tensor([truncation_psi, rotate])).all():
         raise dnnlib.util.UserError('--trunc/--rotate: must be finite numbers')

@@ -9,7 +9,6 @@ of seeds must be a multiple of W*H. Writing mp4 needs ``imageio`` and ``imageio-
 (``pip install imageio imageio-ffmpeg``); without them the tool says so and exits before any work.
 """
 import click
-import torch
 
 import dnnlib
 import dnnlib.cli
@@ -33,8 +32,7 @@ from training.image_synthesis import (interpolation_frames, open_video_writer, p
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, seeds, shuffle_seed, grid, num_keyframes, w_frames, truncation_psi, output, device):
     """Render a latent vector interpolation video."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = dnnlib.cli.resolve_device(device)
     seeds = parse_range(seeds)
     grid_dims = parse_grid(grid)
     if not video_available():

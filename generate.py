@@ -42,8 +42,7 @@ def main(networks, seeds, truncation_psi, noise_mode, class_idx, outdir, grid, p
     """Generate images (and comparison grids) from network snapshots."""
     if outdir is None and grid is None:
         raise dnnlib.util.UserError('give --outdir, --grid, or both')
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = dnnlib.cli.resolve_device(device)
     if projected_w is not None:
         if len(networks) != 1 or outdir is None:
             raise dnnlib.util.UserError('--projected-w: give one --network and --outdir')

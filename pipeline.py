@@ -84,14 +84,6 @@ def is_url(path):
     return dnnlib.util.is_url(str(path), allow_file_urls=True)
 
 
-def resolve_device(device):
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cuda' and not torch.cuda.is_available():
-        raise dnnlib.util.UserError('--device=cuda: no CUDA device is available')
-    return device
-
-
 def snapshot_nimg(snapshot_pkl):
     m = _SNAPSHOT_RE.match(os.path.basename(snapshot_pkl))
     return int(m.group(1)) * 1000 + (int(m.group(2)) if m.group(2) else 0)
@@ -306,7 +298,7 @@ class Pipeline:
         o = self.opts
         banner(index, name, f'{o.method}, ratio {o.ratio}, {o.n_samples} latents, then SVS ({o.svs}) of a copy')
         stage = self.path(name)
-        device = resolve_device(o.device)
+        device = dnnlib.cli.resolve_device(o.device)
         prune.prune(o.teacher, stage, method=o.method, ratio=o.ratio, n_samples=o.n_samples, seed=o.seed,
                     device=device, overwrite=True)
         prune.svs_snapshot(os.path.join(stage, 'student.pkl'), os.path.join(stage, 'svs'), fn=o.svs, overwrite=True)
@@ -353,7 +345,7 @@ class Pipeline:
             cmd += ['--distill', 'stylekd', '--l1-weight', '3', '--lpips-weight', lpips_weight, '--ld-weight', '30',
                     '--mask', 'uniform', '--cfg', 'auto', '--batch', str(o.batch), '--kimg', f'{o.kimg:g}',
                     '--tick', f'{tick:g}', '--snap', '1', '--aug', 'noaug', '--mirror', '1', '--grid', '8x8']
-            if resolve_device(o.device) == 'cpu':
+            if dnnlib.cli.resolve_device(o.device) == 'cpu':
                 cmd += ['--workers', '0']  # tiny images: loader processes would only take cores from training
         if o.lpips_vgg:
             cmd += ['--lpips-vgg', o.lpips_vgg]
@@ -401,7 +393,7 @@ class Pipeline:
         o = self.opts
         banner(index, name, 'params, FLOPs, CPU latency, teacher-student agreement, metrics, sample grid')
         stage = self.path(name)
-        device = resolve_device(o.device)
+        device = dnnlib.cli.resolve_device(o.device)
         sources = dict(teacher=o.teacher, pruned=self.path(self.results.prune.student),
                        pruned_svs=self.path(self.results.prune.student_svs),
                        finetuned=self.path(self.results['finetune-pruned'].snapshot),

@@ -21,6 +21,7 @@ import os
 import torch
 
 import dnnlib
+import dnnlib.cli
 import pipeline
 from training import ddpm_checkpoints
 
@@ -112,7 +113,7 @@ class DDPMPipeline(pipeline.Pipeline):
             ddpm_loop.ddpm_training_loop(
                 run_dir=run_dir, training_set_kwargs=kwargs, network=source, random_seed=o.seed, batch_size=o.batch,
                 batch_gpu=o.batch, lr=o.lr, ema_beta=o.ema_beta, dropout=o.dropout, total_kimg=o.kimg, kimg_per_tick=tick,
-                network_snapshot_ticks=1, image_snapshot_ticks=None, device=pipeline.resolve_device(o.device),
+                network_snapshot_ticks=1, image_snapshot_ticks=None, device=dnnlib.cli.resolve_device(o.device),
                 resume_pkl=snapshot, resume_state=training_loop.state_path_for(snapshot) if snapshot else None)
             snapshot = training_loop.find_latest_snapshot(run_dir)
         note = (f'fine-tuning as: python train_ddpm.py --outdir {self.rel(self.path(name))} --data {self.results.data.data} '
@@ -127,7 +128,7 @@ class DDPMPipeline(pipeline.Pipeline):
         o = self.opts
         pipeline.banner(index, name, 'params, MACs, CPU latency, agreement from identical noise, metrics, sample grid')
         stage = self.path(name)
-        device = pipeline.resolve_device(o.device)
+        device = dnnlib.cli.resolve_device(o.device)
         sources = dict(teacher=o.teacher, pruned=self.path(self.results.prune.student),
                        pruned_svs=self.path(self.results.prune.student_svs),
                        finetuned=self.path(self.results['finetune-pruned'].snapshot),

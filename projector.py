@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import dnnlib
+import dnnlib.cli
 from metrics import detectors
 from training.checkpoints import load_network
 from training.image_synthesis import image_grid, load_target_image, save_image, to_uint8, video_available, write_video
@@ -41,8 +42,7 @@ from training.latent_projection import project
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, target_fname, num_steps, seed, save_video, outdir, detector_dir, device, verbose):
     """Project given image to the latent space of pretrained network pickle."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = dnnlib.cli.resolve_device(device)
     np.random.seed(seed)
     torch.manual_seed(seed)
     G = load_network(network_pkl, device='cpu').G_ema

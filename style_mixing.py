@@ -10,7 +10,6 @@ Example:
 import os
 
 import click
-import torch
 
 import dnnlib
 import dnnlib.cli
@@ -32,8 +31,7 @@ from training.image_synthesis import parse_range, save_image, style_mixing_grid,
 @dnnlib.util.exit_on_user_error
 def main(network_pkl, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, class_idx, outdir, device):
     """Generate images using pretrained network pickle, mixing styles of row and column seeds."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = dnnlib.cli.resolve_device(device)
     rows = parse_range(row_seeds, '--rows')
     cols = parse_range(col_seeds, '--cols')
     styles = parse_range(col_styles, '--styles')

@@ -136,3 +136,11 @@ def check_device(device, option='--device'):
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f'{option}: {device}: only {torch.cuda.device_count()} CUDA devices are visible')
     return dev
+
+
+def resolve_device(device, option='--device'):
+    """``auto`` -> ``cuda`` when available, else ``cpu``; any other value checked by ``check_device``."""
+    import torch
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return str(check_device(device, option))
